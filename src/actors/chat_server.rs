@@ -1026,6 +1026,7 @@ impl Handler<Shutdown> for ChatServer {
                 System::current().stop();
             });
         })
-        .wait(ctx);
+        // Not `wait`: the save this awaits runs as another future of this actor.
+        .spawn(ctx);
     }
 }
