@@ -364,6 +364,15 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// Graceful shutdown through the console; asserts exit code 0 and returns.
+    pub fn stop(&mut self) {
+        self.admin("shutdown");
+        let status = self
+            .wait_exit(Duration::from_secs(20))
+            .expect("server did not exit within 20 s of `shutdown`");
+        assert!(status.success(), "shutdown exit status {status:?}");
+    }
+
     /// Waits up to `timeout` for the server to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -475,6 +484,19 @@ impl TestClient {
             closed: false,
             name: None,
         }
+    }
+
+    /// Connects, or `None` when the server does not accept.
+    pub fn try_connect(addr: SocketAddr) -> Option<TestClient> {
+        let stream = TcpStream::connect_timeout(&addr, RECV_TIMEOUT).ok()?;
+        stream.set_nodelay(true).ok();
+        Some(TestClient {
+            stream,
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            closed: false,
+            name: None,
+        })
     }
 
     pub fn stream(&self) -> &TcpStream {
