@@ -97,10 +97,10 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
         format!("latency at peak: {}", percentiles(&histogram)),
     );
     trouble(bench, phase, &counters);
-    bench.summarize(format!("{:<34} {deliveries:.0}", "fanout deliveries/s"));
-    bench.summarize(format!("{:<34} {messages:.0}", "fanout messages/s"));
+    bench.summarize(format!("{:<38} {deliveries:.0}", "fanout deliveries/s"));
+    bench.summarize(format!("{:<38} {messages:.0}", "fanout messages/s"));
     bench.summarize(format!(
-        "{:<34} {}",
+        "{:<38} {}",
         "peak latency p50/p99/p99.9 us",
         percentiles_short(&histogram)
     ));
@@ -134,10 +134,10 @@ pub async fn run_latency(bench: &mut Bench) -> Result<()> {
             counters.deliveries as f64 / secs
         ),
     );
-    bench.say(phase, format!("latency: {}", percentiles(&histogram)));
+    bench.say(phase, percentiles(&histogram));
     trouble(bench, phase, &counters);
     bench.summarize(format!(
-        "{:<34} {}",
+        "{:<38} {}",
         format!("latency @{} msg/s p50/p99/p99.9 us", o.rate),
         percentiles_short(&histogram)
     ));

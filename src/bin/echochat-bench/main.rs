@@ -330,7 +330,7 @@ async fn run(opts: Options) -> Result<bool> {
         if let Err(e) = result {
             all_ok = false;
             bench.say(phase, format!("FAILED: {e}"));
-            bench.summarize(format!("{:<34} FAILED: {e}", phase.name()));
+            bench.summarize(format!("{:<38} FAILED: {e}", phase.name()));
         }
     }
     println!(

@@ -28,7 +28,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             "skipped: the server's pid is unknown (pass --server-pid with --target)",
         );
         bench.summarize(format!(
-            "{:<34} skipped (no --server-pid)",
+            "{:<38} skipped (no --server-pid)",
             "memory KiB/connection"
         ));
         return Ok(());
@@ -61,6 +61,6 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let after = rss_kib(pid)?;
     bench.say(phase, format!("server RSS {after} KiB after closing them"));
-    bench.summarize(format!("{:<34} {per_conn:.1}", "memory KiB/connection"));
+    bench.summarize(format!("{:<38} {per_conn:.1}", "memory KiB/connection"));
     Ok(())
 }

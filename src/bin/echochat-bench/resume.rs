@@ -103,7 +103,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             ),
         );
     }
-    bench.summarize(format!("{:<34} {rate:.0}", "resumes/s"));
+    bench.summarize(format!("{:<38} {rate:.0}", "resumes/s"));
     if total == 0 {
         return Err(BenchError::Protocol("no resume completed".into()));
     }

@@ -139,13 +139,13 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         }
     };
     bench.summarize(format!(
-        "{:<34} {} (before: {})",
+        "{:<38} {} (before: {})",
         "storm chat p99 us",
         p99(&during),
         p99(&baseline)
     ));
     bench.summarize(format!(
-        "{:<34} {:.2}",
+        "{:<38} {:.2}",
         "storm duration s",
         storm_took.as_secs_f64()
     ));
