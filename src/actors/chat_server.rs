@@ -431,6 +431,9 @@ impl Actor for ChatServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Unbounded, so that a session's pipelined requests are never parked and
+        // reordered; each session caps what it has in flight instead.
+        ctx.set_mailbox_capacity(usize::MAX);
         self.persistence
             .do_send(WatchHistory(ctx.address().recipient()));
         ctx.run_interval(SAVE_INTERVAL, |act, ctx| {
