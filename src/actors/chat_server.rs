@@ -136,6 +136,8 @@ pub struct ChatServer {
     history_writable: bool,
 
     shutting_down: bool,
+    /// Set once shutdown has put the state on disk and told every connection.
+    shutdown_flushed: bool,
 }
 
 impl ChatServer {
@@ -174,6 +176,7 @@ impl ChatServer {
             save_waiters: Vec::new(),
             history_writable: true,
             shutting_down: false,
+            shutdown_flushed: false,
         })
     }
 
@@ -416,9 +419,9 @@ impl ChatServer {
         users.into_iter().map(|(_, u)| u.name.clone()).collect()
     }
 
-    /// Once every connection is gone (or the grace period ends), stop the process.
+    /// Once the state is on disk and every connection is gone, stop the process.
     fn finish_shutdown_if_drained(&self) {
-        if self.shutting_down && self.connections.is_empty() {
+        if self.shutdown_flushed && self.connections.is_empty() {
             System::current().stop();
         }
     }
@@ -1036,6 +1039,7 @@ impl Handler<Shutdown> for ChatServer {
                 Ok(Err(err)) => log::error!("history not flushed at shutdown: {err}"),
                 Err(err) => log::error!("history not flushed at shutdown: {err}"),
             }
+            act.shutdown_flushed = true;
             if let Some(frame) = encode(&ServerMessage::Shutdown {
                 message: "the server is shutting down".to_string(),
             }) {
