@@ -350,3 +350,17 @@ fn end_of_stdin_closes_only_the_console() {
     let status = server.wait_exit(Duration::from_secs(20)).expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn auth_timeout_starts_at_the_welcome_not_while_paused() {
+    let mut server = TestServer::start_with(&["--auth-timeout", "1"]);
+    server.admin("pause");
+    server.expect_stdout("greeting paused", |l| l.trim() == "greeting paused");
+    let mut waiting = server.connect();
+    // Longer than the authentication timeout, ungreeted: still open.
+    waiting.expect_silence(Duration::from_millis(2500));
+    server.admin("resume");
+    server.expect_stdout("greeting resumed", |l| l.contains("greeting resumed"));
+    waiting.welcome();
+    waiting.register("ann", PW);
+}
