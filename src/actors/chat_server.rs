@@ -431,6 +431,10 @@ impl Actor for ChatServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Unbounded (0, in actix's terms), so that a session's pipelined requests are
+        // never parked and reordered; each session caps what it has in flight instead.
+        // Set before any session exists, so no sender is parked yet.
+        ctx.set_mailbox_capacity(0);
         self.persistence
             .do_send(WatchHistory(ctx.address().recipient()));
         ctx.run_interval(SAVE_INTERVAL, |act, ctx| {
