@@ -157,9 +157,15 @@ mod tests {
         buf.extend_from_slice(&framed(b""));
         buf.extend_from_slice(&framed(b"three"));
         buf.extend_from_slice(&framed(b"fo")[..5]);
-        assert_eq!(codec.decode(&mut buf).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
         assert_eq!(codec.decode(&mut buf).unwrap().as_deref(), Some(&b""[..]));
-        assert_eq!(codec.decode(&mut buf).unwrap().as_deref(), Some(&b"three"[..]));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"three"[..])
+        );
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert_eq!(buf.len(), 5, "partial frame stays buffered");
     }
@@ -180,7 +186,10 @@ mod tests {
     fn accepts_a_frame_of_exactly_the_limit() {
         let mut codec = FrameCodec::new(3);
         let mut buf = BytesMut::from(&framed(b"abc")[..]);
-        assert_eq!(codec.decode(&mut buf).unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
     }
 
     #[test]

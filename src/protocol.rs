@@ -101,17 +101,32 @@ pub enum ServerMessage {
         message: String,
     },
     /// Sent right after `auth_ok`, oldest first.
-    History { messages: Vec<HistoryEntry> },
+    History {
+        messages: Vec<HistoryEntry>,
+    },
     Message(ChatMessage),
-    Joined { name: String },
-    Left { name: String },
-    Who { users: Vec<String> },
+    Joined {
+        name: String,
+    },
+    Left {
+        name: String,
+    },
+    Who {
+        users: Vec<String>,
+    },
     Pong,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     /// The server is shutting down; the connection closes next.
-    Shutdown { message: String },
+    Shutdown {
+        message: String,
+    },
     /// The admin removed this connection; it closes next.
-    Kicked { message: String },
+    Kicked {
+        message: String,
+    },
 }
 
 /// Codes of `auth_error` frames.
