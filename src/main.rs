@@ -1,1 +1,147 @@
-fn main() {}
+//! `echochat-server`: parses the command line, recovers the state folder, binds the
+//! port, prints `listening on <ip>:<port>` as its first stdout line, and wires the
+//! actors together: `ChatServer` and `Persistence` on arbiters of their own, sessions
+//! spread over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to
+//! the same graceful shutdown as the console's `shutdown`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use echochat::actors::admin_console::{spawn_stdin_reader, AdminConsole};
+use echochat::actors::chat_server::{ChatServer, ChatSettings, Shutdown};
+use echochat::actors::persistence::{load_history, load_identities, Persistence, StatePaths};
+use echochat::actors::session::SessionSettings;
+use echochat::config::{prompt_port, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use echochat::listener::{accept_loop, bind_with_fallback};
+use echochat::logging;
+
+fn main() -> ExitCode {
+    let config = ServerConfig::parse();
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("echochat-server: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Start-up steps that can fail with a one-line reason, then the actor system.
+fn run(config: ServerConfig) -> Result<(), String> {
+    config.validate()?;
+    let paths = StatePaths::new(&config.state_dir);
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| format!("state folder {} unusable: {e}", paths.dir.display()))?;
+    logging::init(&paths.log)
+        .map_err(|e| format!("log file {} unusable: {e}", paths.log.display()))?;
+
+    let identities = load_identities(&paths.users).map_err(|e| e.to_string())?;
+    let history = load_history(&paths.history, config.history).map_err(|e| e.to_string())?;
+    if history.dropped_torn_line {
+        log::warn!(
+            "{}: an incomplete last line (interrupted write) was dropped",
+            paths.history.display()
+        );
+    }
+
+    let port = match config.port {
+        Some(port) => port,
+        None if std::io::stdin().is_terminal() => prompt_port(
+            &mut std::io::stdin().lock(),
+            &mut std::io::stderr(),
+            DEFAULT_PORT,
+        ),
+        None => DEFAULT_PORT,
+    };
+    let listener = bind_with_fallback(config.host, port, PORT_ATTEMPTS)?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("bound socket has no address: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot configure the socket: {e}"))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {address}")
+            .and_then(|_| out.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    log::info!(
+        "listening on {address} (state in {}, {} users, next message id {})",
+        paths.dir.display(),
+        identities.users.len(),
+        history.next_id
+    );
+
+    let system = System::new();
+    let started: Result<(), String> = system.block_on(async move {
+        let stop_accepting = CancellationToken::new();
+        let persistence = Persistence::start_in_arbiter(&Arbiter::new().handle(), {
+            let paths = paths.clone();
+            move |_| Persistence::new(paths)
+        });
+        let chat = ChatServer::new(
+            ChatSettings::from_config(&config),
+            identities,
+            history,
+            persistence.clone(),
+            stop_accepting.clone(),
+            address,
+        )
+        .map_err(|e| e.to_string())?;
+        let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), move |_| chat);
+
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| format!("cannot register the socket: {e}"))?;
+        actix::spawn(accept_loop(
+            listener,
+            session_arbiters,
+            server.clone(),
+            Arc::new(SessionSettings::from_config(&config)),
+            stop_accepting,
+        ));
+
+        let console = AdminConsole::new(server.clone(), persistence).start();
+        spawn_stdin_reader(console).map_err(|e| format!("cannot read stdin: {e}"))?;
+        actix::spawn(shutdown_on_signals(server));
+        Ok(())
+    });
+    started?;
+    system
+        .run()
+        .map_err(|e| format!("the server stopped abnormally: {e}"))?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM shut down gracefully; a second one ends the process at once.
+async fn shutdown_on_signals(server: Addr<ChatServer>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        log::error!("cannot install signal handlers; use the console's shutdown");
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        if round == 0 {
+            log::info!("signal received: shutting down");
+            server.do_send(Shutdown);
+        } else {
+            log::warn!("second signal: exiting without waiting");
+            std::process::exit(1);
+        }
+    }
+}

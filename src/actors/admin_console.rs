@@ -1,0 +1,351 @@
+//! `AdminConsole`: turns the lines typed on the server's stdin into typed messages to
+//! `ChatServer` and `Persistence`, and prints their answers on stdout.
+//!
+//! Stdin is read on a dedicated thread ([`spawn_stdin_reader`]): a blocking read there
+//! cannot hold up shutdown, and end of input closes only the console. Commands run one
+//! at a time, so answers print in the order the commands were typed. The parser,
+//! [`parse_command`], is a plain function with its own tests.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::chat_server::{
+    AdminSay, ChatServer, ClearIdentities, Kick, ListUsers, SetPaused, Shutdown, Status,
+};
+use super::persistence::{ClearLog, Persistence, ReadLog};
+use crate::protocol::MAX_TEXT_CHARS;
+
+/// One admin command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Status,
+    Users,
+    Pause,
+    Resume,
+    /// The whole log, or its last N lines.
+    Logs(Option<usize>),
+    ClearLogs,
+    ClearIds,
+    Kick(String),
+    Say(String),
+    Shutdown,
+}
+
+/// A line that is not a command; printed as `unknown command: <word> (try 'help')`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCommand(pub String);
+
+impl std::fmt::Display for UnknownCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown command: {} (try 'help')", self.0)
+    }
+}
+
+/// What `help` prints.
+pub const HELP: &str = "\
+commands:
+  help              this list
+  status            address, paused or not, users online, connections, uptime
+  users             the users online
+  pause             stop greeting new connections (they wait)
+  resume            greet the waiting connections, and new ones again
+  logs [N]          the log file (its last N lines)
+  clear-logs        empty the log file
+  clear-ids         forget every account, password, IP identification and token
+  kick NAME         disconnect a user, telling them why
+  say TEXT          a message from 'server' to everyone
+  shutdown          stop the server (also: exit, quit)";
+
+/// Parses one console line. An empty line is `Ok(None)`; anything unknown or malformed
+/// is an error naming the first word.
+pub fn parse_command(line: &str) -> Result<Option<Command>, UnknownCommand> {
+    let line = line.trim();
+    let Some(word) = line.split_whitespace().next() else {
+        return Ok(None);
+    };
+    let rest = line[word.len()..].trim();
+    let unknown = || UnknownCommand(word.to_string());
+    let no_args = |command: Command| {
+        if rest.is_empty() {
+            Ok(Some(command))
+        } else {
+            Err(unknown())
+        }
+    };
+    match word {
+        "help" => no_args(Command::Help),
+        "status" => no_args(Command::Status),
+        "users" => no_args(Command::Users),
+        "pause" => no_args(Command::Pause),
+        "resume" => no_args(Command::Resume),
+        "clear-logs" => no_args(Command::ClearLogs),
+        "clear-ids" => no_args(Command::ClearIds),
+        "shutdown" | "exit" | "quit" => no_args(Command::Shutdown),
+        "logs" if rest.is_empty() => Ok(Some(Command::Logs(None))),
+        "logs" => rest
+            .parse::<usize>()
+            .map(|n| Some(Command::Logs(Some(n))))
+            .map_err(|_| unknown()),
+        "kick" if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+            Ok(Some(Command::Kick(rest.to_string())))
+        }
+        "say" if !rest.is_empty() && rest.chars().count() <= MAX_TEXT_CHARS => {
+            Ok(Some(Command::Say(rest.to_string())))
+        }
+        _ => Err(unknown()),
+    }
+}
+
+/// The actor. See the module documentation.
+pub struct AdminConsole {
+    server: Addr<ChatServer>,
+    persistence: Addr<Persistence>,
+}
+
+impl AdminConsole {
+    /// A console driving `server` and `persistence`.
+    pub fn new(server: Addr<ChatServer>, persistence: Addr<Persistence>) -> AdminConsole {
+        AdminConsole {
+            server,
+            persistence,
+        }
+    }
+
+    fn run(&mut self, command: Command, ctx: &mut Context<Self>) {
+        match command {
+            Command::Help => print_out(HELP),
+            Command::Status => self.answer(ctx, self.server.send(Status), |report| {
+                format!(
+                    "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}",
+                    report.address,
+                    if report.paused { "yes" } else { "no" },
+                    report.users_online,
+                    report.connections,
+                    report.waiting,
+                    report.accounts,
+                    report.next_message_id.saturating_sub(1),
+                    format_uptime(report.uptime),
+                )
+            }),
+            Command::Users => self.answer(ctx, self.server.send(ListUsers), |users| {
+                if users.is_empty() {
+                    "(no users online)".to_string()
+                } else {
+                    users.join("\n")
+                }
+            }),
+            Command::Pause => self.answer(ctx, self.server.send(SetPaused(true)), |_| {
+                "greeting paused".to_string()
+            }),
+            Command::Resume => self.answer(ctx, self.server.send(SetPaused(false)), |n| {
+                format!("greeting resumed ({n} waiting)")
+            }),
+            Command::Logs(last) => {
+                self.answer(ctx, self.persistence.send(ReadLog { last }), |read| {
+                    match read {
+                        Ok(text) => text.trim_end_matches('\n').to_string(),
+                        Err(err) => format!("cannot read the log: {err}"),
+                    }
+                })
+            }
+            Command::ClearLogs => self.answer(ctx, self.persistence.send(ClearLog), |done| {
+                match done {
+                    Ok(()) => {
+                        log::info!("log cleared by the admin");
+                        "log cleared".to_string()
+                    }
+                    Err(err) => format!("cannot clear the log: {err}"),
+                }
+            }),
+            Command::ClearIds => {
+                self.answer(ctx, self.server.send(ClearIdentities), |done| match done {
+                    Ok(()) => "identities cleared".to_string(),
+                    Err(err) => format!("identities cleared in memory but not saved: {err}"),
+                })
+            }
+            Command::Kick(name) => {
+                let asked = name.clone();
+                self.answer(ctx, self.server.send(Kick { name }), move |n| {
+                    if n == 0 {
+                        format!("no such user online: {asked}")
+                    } else {
+                        format!("kicked {asked} ({n} connections)")
+                    }
+                })
+            }
+            Command::Say(text) => self.answer(ctx, self.server.send(AdminSay { text }), |id| {
+                format!("sent message #{id}")
+            }),
+            Command::Shutdown => {
+                print_out("shutting down");
+                self.server.do_send(Shutdown);
+            }
+        }
+    }
+
+    /// Waits for a reply (no other command runs meanwhile) and prints it.
+    fn answer<T>(
+        &self,
+        ctx: &mut Context<Self>,
+        reply: impl std::future::Future<Output = Result<T, MailboxError>> + 'static,
+        render: impl FnOnce(T) -> String + 'static,
+    ) {
+        fut::wrap_future::<_, Self>(reply)
+            .map(|reply, _, _| match reply {
+                Ok(value) => print_out(&render(value)),
+                Err(err) => print_out(&format!("the server did not answer: {err}")),
+            })
+            .wait(ctx);
+    }
+}
+
+impl Actor for AdminConsole {
+    type Context = Context<Self>;
+}
+
+/// One line read from stdin (lossily decoded: junk bytes become an unknown command).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConsoleLine(pub String);
+
+impl Handler<ConsoleLine> for AdminConsole {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConsoleLine, ctx: &mut Self::Context) {
+        match parse_command(&msg.0) {
+            Ok(Some(command)) => self.run(command, ctx),
+            Ok(None) => {}
+            Err(unknown) => print_out(&unknown.to_string()),
+        }
+    }
+}
+
+/// Stdin reached its end: the console closes, the server keeps serving.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConsoleClosed;
+
+impl Handler<ConsoleClosed> for AdminConsole {
+    type Result = ();
+
+    fn handle(&mut self, _: ConsoleClosed, ctx: &mut Self::Context) {
+        log::info!("admin console input closed; the server keeps running");
+        ctx.stop();
+    }
+}
+
+/// Reads stdin lines on a thread of their own and forwards them to the console.
+pub fn spawn_stdin_reader(console: Addr<AdminConsole>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("admin-stdin".into())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match input.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        console.do_send(ConsoleLine(text));
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        log::warn!("admin console input failed: {err}");
+                        break;
+                    }
+                }
+            }
+            console.do_send(ConsoleClosed);
+        })
+        .map(|_| ())
+}
+
+fn print_out(text: &str) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // A closed stdout must not take the server down; the log still has everything.
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+fn format_uptime(uptime: Duration) -> String {
+    let secs = uptime.as_secs();
+    format!(
+        "{}d {:02}h {:02}m {:02}s",
+        secs / 86_400,
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Option<Command>, UnknownCommand> {
+        parse_command(line)
+    }
+
+    #[test]
+    fn every_command_parses() {
+        assert_eq!(parse("help"), Ok(Some(Command::Help)));
+        assert_eq!(parse("status"), Ok(Some(Command::Status)));
+        assert_eq!(parse("users"), Ok(Some(Command::Users)));
+        assert_eq!(parse("pause"), Ok(Some(Command::Pause)));
+        assert_eq!(parse("resume"), Ok(Some(Command::Resume)));
+        assert_eq!(parse("logs"), Ok(Some(Command::Logs(None))));
+        assert_eq!(parse("logs 20"), Ok(Some(Command::Logs(Some(20)))));
+        assert_eq!(parse("clear-logs"), Ok(Some(Command::ClearLogs)));
+        assert_eq!(parse("clear-ids"), Ok(Some(Command::ClearIds)));
+        assert_eq!(parse("kick bob"), Ok(Some(Command::Kick("bob".into()))));
+        assert_eq!(
+            parse("say hello  there"),
+            Ok(Some(Command::Say("hello  there".into())))
+        );
+        for word in ["shutdown", "exit", "quit"] {
+            assert_eq!(parse(word), Ok(Some(Command::Shutdown)));
+        }
+    }
+
+    #[test]
+    fn spaces_and_empty_lines() {
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("   \t \r\n"), Ok(None));
+        assert_eq!(parse("  status  \r\n"), Ok(Some(Command::Status)));
+        assert_eq!(parse("logs    3 "), Ok(Some(Command::Logs(Some(3)))));
+        assert_eq!(parse("kick   zoë\n"), Ok(Some(Command::Kick("zoë".into()))));
+        assert_eq!(parse("say   hi\n"), Ok(Some(Command::Say("hi".into()))));
+    }
+
+    #[test]
+    fn junk_and_malformed_commands_name_their_first_word() {
+        let unknown = |w: &str| Err(UnknownCommand(w.to_string()));
+        assert_eq!(parse("dance"), unknown("dance"));
+        assert_eq!(parse("STATUS"), unknown("STATUS"));
+        assert_eq!(parse("status now"), unknown("status"));
+        assert_eq!(parse("logs many"), unknown("logs"));
+        assert_eq!(parse("logs -1"), unknown("logs"));
+        assert_eq!(parse("logs 1 2"), unknown("logs"));
+        assert_eq!(parse("kick"), unknown("kick"));
+        assert_eq!(parse("kick two names"), unknown("kick"));
+        assert_eq!(parse("say"), unknown("say"));
+        assert_eq!(parse("say    "), unknown("say"));
+        assert_eq!(parse(&format!("say {}", "x".repeat(4097))), unknown("say"));
+        assert_eq!(parse("\u{fffd}\u{fffd} x"), unknown("\u{fffd}\u{fffd}"));
+        assert_eq!(
+            UnknownCommand("dance".into()).to_string(),
+            "unknown command: dance (try 'help')"
+        );
+    }
+
+    #[test]
+    fn uptime_reads_well() {
+        assert_eq!(format_uptime(Duration::from_secs(90_061)), "1d 01h 01m 01s");
+    }
+}

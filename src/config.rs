@@ -1,0 +1,200 @@
+//! The server's command line: every flag of the contract, each also readable from an
+//! `ECHOCHAT_*` environment variable (the flag wins), plus the interactive port prompt.
+
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default first port to try.
+pub const DEFAULT_PORT: u16 = 9090;
+
+/// How many ports are tried, starting at the given one, before giving up.
+pub const PORT_ATTEMPTS: u16 = 100;
+
+/// Fewer PBKDF2 rounds than this would make stored hashes cheap to brute-force.
+pub const MIN_PBKDF2_ROUNDS: u32 = 1000;
+
+/// Server configuration, as parsed from flags and environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "echochat-server",
+    version,
+    about = "echochat: a TCP chat server with accounts"
+)]
+pub struct ServerConfig {
+    /// Address to bind.
+    #[arg(long, env = "ECHOCHAT_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// First port to try (the 99 after it are tried too); 0 lets the OS pick.
+    /// Without it, and with stdin on a terminal, the server asks.
+    #[arg(long, env = "ECHOCHAT_PORT")]
+    pub port: Option<u16>,
+
+    /// Folder for users.json, history.jsonl and server.log (created if missing).
+    #[arg(long, env = "ECHOCHAT_STATE_DIR", default_value = "./state")]
+    pub state_dir: PathBuf,
+
+    /// Messages replayed to a user after login.
+    #[arg(long, env = "ECHOCHAT_HISTORY", default_value_t = 50)]
+    pub history: usize,
+
+    /// Largest accepted frame payload, in bytes.
+    #[arg(long, env = "ECHOCHAT_MAX_FRAME", default_value_t = 65536)]
+    pub max_frame: usize,
+
+    /// PBKDF2-HMAC-SHA256 iterations for new password hashes (at least 1000).
+    #[arg(long, env = "ECHOCHAT_PBKDF2_ROUNDS", default_value_t = 600_000)]
+    pub pbkdf2_rounds: u32,
+
+    /// Session token lifetime in seconds.
+    #[arg(long, env = "ECHOCHAT_TOKEN_TTL", default_value_t = 2_592_000)]
+    pub token_ttl: u64,
+
+    /// Most connections at once (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_MAX_CONNS", default_value_t = 10_000)]
+    pub max_conns: usize,
+
+    /// Most connections at once from one IP address (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_MAX_CONNS_PER_IP", default_value_t = 100)]
+    pub max_conns_per_ip: usize,
+
+    /// `say` requests per second per connection, bursts up to twice that (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_MSG_RATE", default_value_t = 20)]
+    pub msg_rate: u32,
+
+    /// Failed authentications per minute per IP before `rate_limited` (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_LOGIN_RATE", default_value_t = 10)]
+    pub login_rate: u32,
+
+    /// Seconds a greeted connection may stay unauthenticated (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_AUTH_TIMEOUT", default_value_t = 60)]
+    pub auth_timeout: u64,
+
+    /// Seconds a connection may send nothing, not even a ping (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
+
+    /// Bytes of unsent output after which a connection is dropped (0 = no byte limit;
+    /// the broadcast ring still bounds how far a reader may fall behind).
+    #[arg(long, env = "ECHOCHAT_SEND_QUEUE", default_value_t = 1_048_576)]
+    pub send_queue: usize,
+}
+
+impl ServerConfig {
+    /// Checks what clap's types cannot express; the error is a one-line reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pbkdf2_rounds < MIN_PBKDF2_ROUNDS {
+            return Err(format!(
+                "--pbkdf2-rounds must be at least {MIN_PBKDF2_ROUNDS} (got {})",
+                self.pbkdf2_rounds
+            ));
+        }
+        if self.max_frame == 0 || self.max_frame > u32::MAX as usize {
+            return Err(format!(
+                "--max-frame must be between 1 and {} (got {})",
+                u32::MAX,
+                self.max_frame
+            ));
+        }
+        if self.token_ttl == 0 {
+            return Err("--token-ttl must be at least 1 second".to_string());
+        }
+        Ok(())
+    }
+
+    /// `None` when the limit is switched off with 0.
+    pub fn auth_timeout(&self) -> Option<Duration> {
+        (self.auth_timeout > 0).then(|| Duration::from_secs(self.auth_timeout))
+    }
+
+    /// `None` when the limit is switched off with 0.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+}
+
+/// Parses one answer to a `Port [9090]: ` prompt: empty means the default.
+pub fn parse_port_answer(answer: &str, default: u16) -> Result<u16, String> {
+    let answer = answer.trim();
+    if answer.is_empty() {
+        return Ok(default);
+    }
+    match answer.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(_) => Err(format!("{answer} is out of range: a port is 1 to 65535")),
+        Err(_) => Err(format!("{answer:?} is not a port number (1 to 65535)")),
+    }
+}
+
+/// Asks for a port until the answer is valid; end of input takes the default.
+///
+/// Generic over its streams so that the loop is unit-tested; the server passes stdin
+/// and stderr.
+pub fn prompt_port(input: &mut impl BufRead, output: &mut impl Write, default: u16) -> u16 {
+    loop {
+        // A console that cannot be written to still gets the default.
+        let _ = write!(output, "Port [{default}]: ");
+        let _ = output.flush();
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                let _ = writeln!(output);
+                return default;
+            }
+            Ok(_) => match parse_port_answer(&line, default) {
+                Ok(port) => return port,
+                Err(reason) => {
+                    let _ = writeln!(output, "{reason}");
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_answers() {
+        assert_eq!(parse_port_answer("", 9090), Ok(9090));
+        assert_eq!(parse_port_answer("  \n", 9090), Ok(9090));
+        assert_eq!(parse_port_answer("8080\n", 9090), Ok(8080));
+        assert_eq!(parse_port_answer("65535", 9090), Ok(65535));
+        assert!(parse_port_answer("0", 9090).is_err());
+        assert!(parse_port_answer("65536", 9090).is_err());
+        assert!(parse_port_answer("-1", 9090).is_err());
+        assert!(parse_port_answer("80a", 9090).is_err());
+        assert!(parse_port_answer("99999999999999999999", 9090).is_err());
+    }
+
+    #[test]
+    fn prompt_asks_again_after_junk_and_defaults_on_eof() {
+        let mut out = Vec::new();
+        let port = prompt_port(&mut &b"junk\n70000\n1234\n"[..], &mut out, 9090);
+        assert_eq!(port, 1234);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("Port [9090]: ").count(), 3);
+        assert!(text.contains("not a port number"));
+        assert!(text.contains("out of range"));
+
+        let mut out = Vec::new();
+        assert_eq!(prompt_port(&mut &b"junk\n"[..], &mut out, 9090), 9090);
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let config = ServerConfig::try_parse_from(["echochat-server", "--port", "0"]).unwrap();
+        assert_eq!(config.port, Some(0));
+        assert_eq!(config.pbkdf2_rounds, 600_000);
+        assert!(config.validate().is_ok());
+        let config =
+            ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
+        assert!(config.validate().is_err());
+        assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+    }
+}

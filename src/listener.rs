@@ -1,0 +1,106 @@
+//! The listening socket: binding with a fallback to the next ports, and the accept loop
+//! that hands each connection to a `Session` on one of the session arbiters.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::ArbiterHandle;
+use actix::prelude::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::chat_server::ChatServer;
+use crate::actors::session::{Session, SessionSettings};
+use crate::outbound::SessionId;
+
+/// First pause after an accept error; it doubles up to [`MAX_ACCEPT_BACKOFF`]. Running
+/// out of file descriptors is the usual cause, and it passes as connections close.
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Binds `host:port`, or the next free port among `attempts` (port 0: the OS picks).
+pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<StdListener, String> {
+    if port == 0 {
+        return StdListener::bind((host, 0)).map_err(|e| format!("cannot bind {host}:0: {e}"));
+    }
+    let mut last_error = None;
+    for offset in 0..attempts {
+        let Some(candidate) = port.checked_add(offset) else {
+            break;
+        };
+        match StdListener::bind((host, candidate)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => last_error = Some(err),
+            Err(err) => return Err(format!("cannot bind {host}:{candidate}: {err}")),
+        }
+    }
+    let last = port.saturating_add(attempts - 1);
+    Err(format!(
+        "no free port between {port} and {last} on {host}: {}",
+        last_error.map_or_else(|| "out of range".to_string(), |e| e.to_string())
+    ))
+}
+
+/// Accepts connections until `stop` is cancelled, spreading sessions round-robin over
+/// `arbiters`. Accept errors back off and retry; they never end the loop.
+pub async fn accept_loop(
+    listener: TcpListener,
+    arbiters: Vec<ArbiterHandle>,
+    server: Addr<ChatServer>,
+    settings: Arc<SessionSettings>,
+    stop: CancellationToken,
+) {
+    let mut next_id: SessionId = 0;
+    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = FIRST_ACCEPT_BACKOFF;
+                pair
+            }
+            Err(err) => {
+                log::error!("accept failed: {err}; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            log::debug!("TCP_NODELAY on {peer}: {err}");
+        }
+        // The socket moves to another arbiter's reactor as a plain std socket.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::error!("connection from {peer} unusable: {err}");
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let Some(arbiter) = arbiters.get(id as usize % arbiters.len().max(1)) else {
+            log::error!("no session arbiter to run connection {id}");
+            continue;
+        };
+        let server = server.clone();
+        let settings = settings.clone();
+        Session::start_in_arbiter(arbiter, move |_| {
+            Session::new(id, peer, stream, server, settings)
+        });
+    }
+    log::info!("stopped accepting connections");
+}
+
+/// The address a listener is bound to, for the first stdout line.
+pub fn local_addr(listener: &StdListener) -> io::Result<SocketAddr> {
+    listener.local_addr()
+}

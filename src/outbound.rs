@@ -1,0 +1,393 @@
+//! How frames leave the server: one broadcast ring shared by every authenticated
+//! session, a small direct queue per session, and one writer task per socket.
+//!
+//! `ChatServer` serialises a chat message once and publishes the frame on the
+//! [`Broadcaster`]; nobody sends one mailbox message per recipient. Each session's
+//! writer drains its direct queue (welcome, auth results, replies, errors) and the
+//! ring, copies whatever is waiting into one buffer and writes it with one syscall.
+//!
+//! Memory stays bounded whatever the clients do: the ring has a fixed number of slots
+//! (a writer that falls a whole ring behind is dropped), the direct queue has a fixed
+//! number of entries (a session that lets it fill is dropped), and a writer whose
+//! unsent bytes pass `--send-queue` while its socket is blocked is dropped. The
+//! broadcaster never waits for anyone.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one connection for the life of the server process.
+pub type SessionId = u64;
+
+/// Slots in the broadcast ring: how many frames a writer may fall behind before it is
+/// dropped. At ~150 bytes a chat frame that is about 1 MiB, in line with the default
+/// `--send-queue`, and the ring's own memory stays a few MiB.
+pub const RING_CAPACITY: usize = 8192;
+
+/// Entries in a session's direct queue. Direct frames are replies to the session's
+/// own requests (which it sends one at a time) and rare events, so a full queue means
+/// the client stopped reading.
+pub const DIRECT_QUEUE: usize = 256;
+
+/// Bytes gathered into one write. Large enough to carry hundreds of chat frames per
+/// syscall under load, small enough not to matter per connection.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// A buffer grown beyond this is released when the writer goes idle, so that idle
+/// connections cost little memory.
+const IDLE_BUFFER_KEEP: usize = 4 * 1024;
+
+/// How often a writer blocked on its socket re-checks its unsent bytes.
+const BLOCKED_CHECK: Duration = Duration::from_millis(100);
+
+/// How long a closing writer keeps trying to deliver its last frames.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One frame on the ring.
+#[derive(Debug, Clone)]
+pub struct RingItem {
+    frame: Bytes,
+    /// A session that must not get this frame (the one whose `joined` it announces).
+    skip: Option<SessionId>,
+}
+
+/// The publishing end of the ring; owned by `ChatServer`.
+pub struct Broadcaster {
+    sender: broadcast::Sender<RingItem>,
+    published_bytes: Arc<AtomicU64>,
+}
+
+impl Default for Broadcaster {
+    fn default() -> Self {
+        Broadcaster::new(RING_CAPACITY)
+    }
+}
+
+impl Broadcaster {
+    /// A ring with `capacity` slots.
+    pub fn new(capacity: usize) -> Broadcaster {
+        let (sender, _) = broadcast::channel(capacity);
+        Broadcaster {
+            sender,
+            published_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Hands `frame` to every subscriber but `skip`. Never waits.
+    pub fn publish(&self, frame: Bytes, skip: Option<SessionId>) {
+        self.published_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        // No subscriber is not an error: nobody is online.
+        let _ = self.sender.send(RingItem { frame, skip });
+    }
+
+    /// A subscription that receives every frame published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.sender.subscribe(),
+            published_bytes: self.published_bytes.clone(),
+            consumed_bytes: self.published_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A session's place on the ring.
+pub struct Subscription {
+    receiver: broadcast::Receiver<RingItem>,
+    published_bytes: Arc<AtomicU64>,
+    consumed_bytes: u64,
+}
+
+impl Subscription {
+    /// Bytes published on the ring that this subscriber has not taken yet.
+    fn lag_bytes(&self) -> u64 {
+        self.published_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.consumed_bytes)
+    }
+}
+
+/// What goes through a session's direct queue, in order.
+pub enum Outbound {
+    /// A complete frame for this connection only.
+    Frame(Bytes),
+    /// Start taking ring frames (sent right after `auth_ok` and `history`).
+    Subscribe(Subscription),
+    /// Deliver what is queued, then close the connection.
+    Close,
+}
+
+/// The sending side of a session's direct queue; cheap to clone, held by the session
+/// and by `ChatServer`.
+#[derive(Clone)]
+pub struct Outbox {
+    sender: mpsc::Sender<Outbound>,
+    abort: CancellationToken,
+}
+
+impl Outbox {
+    /// Queues a frame. A session whose queue is full is not reading: it is aborted.
+    pub fn send(&self, frame: Bytes) {
+        self.push(Outbound::Frame(frame));
+    }
+
+    /// Starts ring delivery.
+    pub fn subscribe(&self, subscription: Subscription) {
+        self.push(Outbound::Subscribe(subscription));
+    }
+
+    /// Delivers what is queued, then closes.
+    pub fn close(&self) {
+        self.push(Outbound::Close);
+    }
+
+    /// Closes at once, dropping whatever is queued.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    fn push(&self, item: Outbound) {
+        match self.sender.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.abort.is_cancelled() {
+                    log::warn!("dropping a connection whose output queue is full");
+                }
+                self.abort.cancel();
+            }
+            // The writer has finished; the session is going away.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Why a writer stopped.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Asked to close, and delivered everything first.
+    Closed,
+    /// Aborted (queue overflow, or the session went away).
+    Aborted,
+    /// Fell a whole ring behind.
+    Lagged,
+    /// Had more than `--send-queue` bytes unsent.
+    SendQueueFull(u64),
+    /// Could not deliver its last frames within the close deadline.
+    CloseTimedOut,
+    /// The socket failed (the peer went away).
+    Io(io::Error),
+}
+
+/// Creates a session's direct queue: the [`Outbox`] for producers and the receiving
+/// half for [`run_writer`].
+pub fn direct_queue() -> (Outbox, mpsc::Receiver<Outbound>, CancellationToken) {
+    let (sender, receiver) = mpsc::channel(DIRECT_QUEUE);
+    let abort = CancellationToken::new();
+    (
+        Outbox {
+            sender,
+            abort: abort.clone(),
+        },
+        receiver,
+        abort,
+    )
+}
+
+/// Writes a session's frames to its socket until closed, aborted or failed.
+///
+/// `send_queue` is the `--send-queue` limit in bytes (0 = only the ring bounds it).
+pub async fn run_writer(
+    session: SessionId,
+    socket: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outbound>,
+    abort: CancellationToken,
+    send_queue: u64,
+) -> WriterEnd {
+    let mut writer = Writer {
+        session,
+        socket,
+        abort,
+        ring: None,
+        buf: BytesMut::new(),
+        closing: false,
+        send_queue,
+    };
+    let end = writer.run(&mut queue).await;
+    if matches!(end, WriterEnd::Closed) {
+        use tokio::io::AsyncWriteExt;
+        let _ = writer.socket.shutdown().await;
+    }
+    end
+}
+
+struct Writer {
+    session: SessionId,
+    socket: OwnedWriteHalf,
+    abort: CancellationToken,
+    ring: Option<Subscription>,
+    buf: BytesMut,
+    closing: bool,
+    send_queue: u64,
+}
+
+impl Writer {
+    async fn run(&mut self, queue: &mut mpsc::Receiver<Outbound>) -> WriterEnd {
+        loop {
+            if self.buf.is_empty() {
+                if self.closing {
+                    return WriterEnd::Closed;
+                }
+                if self.buf.capacity() > IDLE_BUFFER_KEEP {
+                    self.buf = BytesMut::new();
+                }
+                if let Err(end) = self.wait_for_output(queue).await {
+                    return end;
+                }
+            }
+            if let Err(end) = self.gather(queue) {
+                return end;
+            }
+            if let Err(end) = self.write_out().await {
+                return end;
+            }
+        }
+    }
+
+    /// Waits until there is something to write (or a reason to stop).
+    async fn wait_for_output(
+        &mut self,
+        queue: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), WriterEnd> {
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => Err(WriterEnd::Aborted),
+            item = queue.recv() => {
+                match item {
+                    Some(item) => self.apply(item),
+                    // Every producer is gone: nothing more will come.
+                    None => self.closing = true,
+                }
+                Ok(())
+            }
+            received = recv_ring(self.ring.as_mut()) => self.take_ring(received),
+        }
+    }
+
+    /// Moves everything already waiting into the buffer, up to [`COALESCE_BYTES`].
+    fn gather(&mut self, queue: &mut mpsc::Receiver<Outbound>) -> Result<(), WriterEnd> {
+        while self.buf.len() < COALESCE_BYTES && !self.closing {
+            match queue.try_recv() {
+                Ok(item) => self.apply(item),
+                Err(_) => break,
+            }
+        }
+        while self.buf.len() < COALESCE_BYTES && !self.closing {
+            let Some(ring) = self.ring.as_mut() else {
+                break;
+            };
+            match ring.receiver.try_recv() {
+                Ok(item) => self.take_ring(Ok(item))?,
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    return Err(lagged(n));
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    self.ring = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, item: Outbound) {
+        match item {
+            Outbound::Frame(frame) => self.buf.extend_from_slice(&frame),
+            Outbound::Subscribe(subscription) => self.ring = Some(subscription),
+            Outbound::Close => self.closing = true,
+        }
+    }
+
+    fn take_ring(
+        &mut self,
+        received: Result<RingItem, broadcast::error::RecvError>,
+    ) -> Result<(), WriterEnd> {
+        match received {
+            Ok(item) => {
+                if let Some(ring) = self.ring.as_mut() {
+                    ring.consumed_bytes += item.frame.len() as u64;
+                }
+                // A closing writer only finishes what it had.
+                if !self.closing && item.skip != Some(self.session) {
+                    self.buf.extend_from_slice(&item.frame);
+                }
+                Ok(())
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => Err(lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => {
+                self.ring = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the buffer out, watching the unsent bytes while the socket is blocked.
+    async fn write_out(&mut self) -> Result<(), WriterEnd> {
+        let mut blocked_since: Option<tokio::time::Instant> = None;
+        while !self.buf.is_empty() {
+            match self.socket.try_write(&self.buf) {
+                Ok(0) => {
+                    return Err(WriterEnd::Io(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => {
+                    let _ = self.buf.split_to(n);
+                    blocked_since = None;
+                    continue;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(WriterEnd::Io(err)),
+            }
+            let since = *blocked_since.get_or_insert_with(tokio::time::Instant::now);
+            tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => return Err(WriterEnd::Aborted),
+                ready = self.socket.writable() => ready.map_err(WriterEnd::Io)?,
+                _ = tokio::time::sleep(BLOCKED_CHECK) => {
+                    let unsent = self.unsent_bytes();
+                    if self.send_queue > 0 && unsent > self.send_queue {
+                        return Err(WriterEnd::SendQueueFull(unsent));
+                    }
+                    if self.closing && since.elapsed() > CLOSE_DEADLINE {
+                        return Err(WriterEnd::CloseTimedOut);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes meant for this connection and not yet handed to the kernel.
+    fn unsent_bytes(&self) -> u64 {
+        self.buf.len() as u64 + self.ring.as_ref().map_or(0, Subscription::lag_bytes)
+    }
+}
+
+fn lagged(missed: u64) -> WriterEnd {
+    log::debug!("writer missed {missed} ring frames");
+    WriterEnd::Lagged
+}
+
+/// Receives from the ring, or never completes when not subscribed.
+async fn recv_ring(
+    ring: Option<&mut Subscription>,
+) -> Result<RingItem, broadcast::error::RecvError> {
+    match ring {
+        Some(ring) => ring.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
