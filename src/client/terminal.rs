@@ -305,12 +305,12 @@ async fn chat(conn: Connection, server: ServerAddr, tokens: TokenStore, name: St
     let (printer_tx, printer_rx) = oneshot::channel();
     let prompt = format!("{}> ", super::display::printable(&name));
     let signal_tx = lines_tx.clone();
+    say("Type a message and press Enter; /help lists the commands.");
     std::thread::spawn(move || read_lines(prompt, lines_tx, printer_tx));
     let printer = printer_rx.await.ok().flatten();
     spawn_signal_watch(signal_tx);
 
-    let mut out = TerminalOutput { printer };
-    out.notice("Type a message and press Enter; /help lists the commands.");
+    let out = TerminalOutput { printer };
     let policy = Policy {
         window: None,
         retry_rate_limited: false,
