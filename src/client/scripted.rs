@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
 use super::connection::{AuthReply, Connection};
 use super::display::auth_error_sentence;
-use super::session::{Outcome, Output, Policy, Session};
+use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
 use super::tokens::{self, TokenStore};
 use super::Exit;
 use crate::protocol::{AuthErrorCode, ClientMessage};
@@ -80,6 +80,7 @@ pub async fn run(args: Args) -> Exit {
         max_reconnects: Some(MAX_RECONNECTS),
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: true,
+        ping_interval: PING_INTERVAL,
     };
     let mut session = Session::new(conn, server, tokens, name, out, policy);
     let outcome = session.run(&mut lines).await;

@@ -36,6 +36,13 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// greet; we try again later rather than hang while the user may want to `/quit`.
 const RECONNECT_WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After this long without sending anything, send a `ping`: the server closes
+/// connections idle for `--idle-timeout` (300 s by default), and a person may read for
+/// longer than that without typing.
+/// A server that has not answered a `ping` within the same time is gone (a network
+/// change or a sleeping laptop leaves a dead connection that only this reveals).
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// First wait before resending a `say` the server refused with `rate_limited`; the
 /// server's bucket refills at a steady rate, so short waits suffice.
 const RATE_LIMIT_FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -63,6 +70,8 @@ pub struct Policy {
     pub ack_timeout: Duration,
     /// A lost `say` ends the session as a failure (scripted) rather than with a notice.
     pub fail_on_ack_timeout: bool,
+    /// Quiet time before a `ping`, and how long its answer may take.
+    pub ping_interval: Duration,
 }
 
 /// How the session ended.
@@ -173,6 +182,10 @@ pub struct Session<O: Output> {
     rate_limit_delay: Duration,
     reconnect_at: Instant,
     reconnect_attempts: u32,
+    /// When we last sent anything, to know when a `ping` is due.
+    last_sent: Instant,
+    /// When the `ping` we are waiting on went out; any frame from the server clears it.
+    ping_sent: Option<Instant>,
 }
 
 impl<O: Output> Session<O> {
@@ -202,6 +215,8 @@ impl<O: Output> Session<O> {
             rate_limit_delay: RATE_LIMIT_FIRST_DELAY,
             reconnect_at: Instant::now(),
             reconnect_attempts: 0,
+            last_sent: Instant::now(),
+            ping_sent: None,
         }
     }
 
@@ -241,7 +256,13 @@ impl<O: Output> Session<O> {
             if let Some(outcome) = self.check_ack_timeout() {
                 return outcome;
             }
+            if let Some(outcome) = self.keep_alive().await {
+                return outcome;
+            }
             let event = self.next_event(lines).await;
+            if matches!(event, Event::Server(Ok(Some(_)))) {
+                self.ping_sent = None;
+            }
             let outcome = match event {
                 Event::Server(Ok(Some(message))) => self.on_server(message),
                 Event::Server(Ok(None)) => self.on_lost("the server closed the connection"),
@@ -284,6 +305,10 @@ impl<O: Output> Session<O> {
         let mut deadline = far;
         if self.conn.is_none() {
             deadline = deadline.min(self.reconnect_at);
+        } else if let Some(ping) = self.ping_sent {
+            deadline = deadline.min(ping + self.policy.ping_interval);
+        } else {
+            deadline = deadline.min(self.last_sent + self.policy.ping_interval);
         }
         if let Some(hold) = self.hold_until {
             deadline = deadline.min(hold);
@@ -370,6 +395,7 @@ impl<O: Output> Session<O> {
             if let Err(e) = conn.send(&request).await {
                 return self.on_lost(&e.to_string());
             }
+            self.last_sent = Instant::now();
             let sent = self.pending.pop_front()?;
             match sent {
                 Outgoing::Say(text) => self.in_flight.push_back(InFlight {
@@ -413,6 +439,27 @@ impl<O: Output> Session<O> {
             }
             _ => Outcome::Quit,
         }
+    }
+
+    /// Pings the server when we have been quiet a while, and calls the connection lost
+    /// when a ping goes unanswered.
+    async fn keep_alive(&mut self) -> Option<Outcome> {
+        let conn = self.conn.as_mut()?;
+        if let Some(ping) = self.ping_sent {
+            if ping.elapsed() >= self.policy.ping_interval {
+                return self.on_lost("the server stopped answering");
+            }
+            return None;
+        }
+        if self.last_sent.elapsed() < self.policy.ping_interval {
+            return None;
+        }
+        if let Err(e) = conn.send(&ClientMessage::Ping).await {
+            return self.on_lost(&e.to_string());
+        }
+        self.last_sent = Instant::now();
+        self.ping_sent = Some(self.last_sent);
+        None
     }
 
     /// Fails (scripted) or gives up on (terminal) a say the server has not echoed in time.
@@ -536,6 +583,7 @@ impl<O: Output> Session<O> {
     /// to the front of the queue.
     fn on_lost(&mut self, why: &str) -> Option<Outcome> {
         self.conn = None;
+        self.ping_sent = None;
         self.out.notice(&format!(
             "Lost the connection to {} ({why}); reconnecting...",
             self.server
@@ -562,6 +610,7 @@ impl<O: Output> Session<O> {
             Ok(conn) => {
                 self.conn = Some(conn);
                 self.reconnect_attempts = 0;
+                self.last_sent = Instant::now();
                 self.out.notice(&format!("Reconnected to {}.", self.server));
                 return None;
             }
@@ -640,6 +689,211 @@ impl From<ConnectionError> for ResumeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{encode_frame, FrameCodec};
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::{Arc, Mutex};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::codec::Framed;
+
+    /// Collects what the session shows.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Output for Recorder {
+        fn chat(&mut self, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+        fn notice(&mut self, line: &str) {
+            self.0.lock().unwrap().push(format!("notice: {line}"));
+        }
+    }
+
+    /// The server's end of a connection, speaking raw protocol messages.
+    struct FakeServer(Framed<TcpStream, FrameCodec>);
+
+    impl FakeServer {
+        async fn send(&mut self, message: ServerMessage) {
+            self.0.send(encode_frame(&message).unwrap()).await.unwrap();
+        }
+
+        /// The next request, or `None` if none comes within `limit`.
+        async fn recv_within(&mut self, limit: Duration) -> Option<ClientMessage> {
+            let frame: Bytes = tokio::time::timeout(limit, self.0.next())
+                .await
+                .ok()??
+                .ok()?;
+            Some(ClientMessage::parse(&frame).unwrap())
+        }
+
+        async fn recv(&mut self) -> ClientMessage {
+            self.recv_within(Duration::from_secs(10))
+                .await
+                .expect("a request from the client")
+        }
+    }
+
+    fn policy(window: Option<usize>, ping_interval: Duration) -> Policy {
+        Policy {
+            window,
+            retry_rate_limited: window.is_some(),
+            max_reconnects: Some(1),
+            ack_timeout: Duration::from_secs(10),
+            fail_on_ack_timeout: true,
+            ping_interval,
+        }
+    }
+
+    /// A session for "me" connected to a fake server, its line sender and what it shows.
+    async fn session(
+        policy: Policy,
+    ) -> (
+        Session<Recorder>,
+        FakeServer,
+        mpsc::Sender<String>,
+        mpsc::Receiver<String>,
+        Recorder,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = ServerAddr {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let conn = Connection::connect(&server).await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let fake = FakeServer(Framed::new(socket, FrameCodec::new(1 << 20)));
+        let (tokens, _) = TokenStore::open(None, server.token_key());
+        let out = Recorder::default();
+        let session = Session::new(conn, server, tokens, "me".into(), out.clone(), policy);
+        let (tx, rx) = mpsc::channel(16);
+        (session, fake, tx, rx, out)
+    }
+
+    fn echo(id: u64, text: &str) -> ServerMessage {
+        ServerMessage::Message(ChatMessage {
+            id,
+            from: "me".into(),
+            text: text.into(),
+            ts: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn says_go_one_at_a_time_and_quit_waits_for_the_last_echo() {
+        let (mut session, mut server, tx, mut rx, out) =
+            session(policy(Some(1), PING_INTERVAL)).await;
+        let client = tokio::spawn(async move { (session.run(&mut rx).await, session) });
+        for line in ["one", "two"] {
+            tx.send(line.into()).await.unwrap();
+        }
+        drop(tx);
+        server
+            .send(ServerMessage::History { messages: vec![] })
+            .await;
+        assert_eq!(
+            server.recv().await,
+            ClientMessage::Say { text: "one".into() }
+        );
+        assert_eq!(
+            server.recv_within(Duration::from_millis(300)).await,
+            None,
+            "the second say waits for the first echo"
+        );
+        server.send(echo(1, "one")).await;
+        assert_eq!(
+            server.recv().await,
+            ClientMessage::Say { text: "two".into() }
+        );
+        assert_eq!(
+            server.recv_within(Duration::from_millis(300)).await,
+            None,
+            "quit waits for the last echo"
+        );
+        server.send(echo(2, "two")).await;
+        assert_eq!(server.recv().await, ClientMessage::Quit);
+        drop(server);
+        let (outcome, session) = client.await.unwrap();
+        assert_eq!(outcome, Outcome::Quit);
+        assert_eq!(session.unacknowledged(), 0);
+        let shown = out.0.lock().unwrap().clone();
+        assert!(shown[0].ends_with("] me: one"), "{shown:?}");
+        assert!(shown[1].ends_with("] me: two"), "{shown:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_say_is_resent_in_scripted_mode() {
+        let (mut session, mut server, tx, mut rx, _out) =
+            session(policy(Some(1), PING_INTERVAL)).await;
+        let client = tokio::spawn(async move { session.run(&mut rx).await });
+        tx.send("again".into()).await.unwrap();
+        drop(tx);
+        assert_eq!(
+            server.recv().await,
+            ClientMessage::Say {
+                text: "again".into()
+            }
+        );
+        server
+            .send(ServerMessage::error(ErrorCode::RateLimited, "slow down"))
+            .await;
+        assert_eq!(
+            server.recv().await,
+            ClientMessage::Say {
+                text: "again".into()
+            }
+        );
+        server.send(echo(1, "again")).await;
+        assert_eq!(server.recv().await, ClientMessage::Quit);
+        drop(server);
+        assert_eq!(client.await.unwrap(), Outcome::Quit);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_session_pings_and_a_silent_server_counts_as_gone() {
+        let (mut session, mut server, _tx, mut rx, out) =
+            session(policy(None, Duration::from_millis(200))).await;
+        let client = tokio::spawn(async move { session.run(&mut rx).await });
+        assert_eq!(server.recv().await, ClientMessage::Ping);
+        server.send(ServerMessage::Pong).await;
+        assert_eq!(
+            server.recv().await,
+            ClientMessage::Ping,
+            "pings go on while quiet"
+        );
+        // No answer this time: the connection is given up; with no token to resume
+        // with, the session fails.
+        let outcome = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .expect("session ends")
+            .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.contains("no session token")),
+            "{outcome:?}"
+        );
+        let shown = out.0.lock().unwrap().clone();
+        assert!(
+            shown.iter().any(|l| l.contains("stopped answering")),
+            "{shown:?}"
+        );
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn kicked_ends_the_session() {
+        let (mut session, mut server, _tx, mut rx, _out) =
+            session(policy(None, PING_INTERVAL)).await;
+        let client = tokio::spawn(async move { session.run(&mut rx).await });
+        server
+            .send(ServerMessage::Kicked {
+                message: "bye".into(),
+            })
+            .await;
+        assert_eq!(
+            client.await.unwrap(),
+            Outcome::Ended(Ended::Kicked("bye".into()))
+        );
+    }
 
     #[test]
     fn lines_become_inputs() {

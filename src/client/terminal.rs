@@ -18,7 +18,7 @@ use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
 use super::connection::{AuthReply, Connection, ConnectionError, Welcome};
 use super::display::auth_error_sentence;
 use super::prompt::{self, Secret};
-use super::session::{parse_input, Input, Outcome, Output, Policy, Session};
+use super::session::{parse_input, Input, Outcome, Output, Policy, Session, PING_INTERVAL};
 use super::tokens::{self, TokenStore};
 use super::Exit;
 use crate::protocol::{AuthErrorCode, ClientMessage};
@@ -317,6 +317,7 @@ async fn chat(conn: Connection, server: ServerAddr, tokens: TokenStore, name: St
         max_reconnects: None,
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: false,
+        ping_interval: PING_INTERVAL,
     };
     let mut session = Session::new(conn, server, tokens, name, out, policy);
     match session.run(&mut lines).await {
