@@ -219,9 +219,18 @@ pub async fn run_writer(
         send_queue,
     };
     let end = writer.run(&mut queue).await;
-    if matches!(end, WriterEnd::Closed) {
-        use tokio::io::AsyncWriteExt;
-        let _ = writer.socket.shutdown().await;
+    match end {
+        WriterEnd::Closed => {
+            use tokio::io::AsyncWriteExt;
+            let _ = writer.socket.shutdown().await;
+        }
+        WriterEnd::Io(_) => {}
+        // A dropped reader gets a reset: the kernel discards what it still holds for
+        // it instead of trickling it out, and the client learns at once.
+        _ => {
+            // A zero linger never blocks the thread on close (a non-zero one would).
+            let _ = socket2::SockRef::from(writer.socket.as_ref()).set_linger(Some(Duration::ZERO));
+        }
     }
     end
 }

@@ -1,0 +1,310 @@
+//! One benchmark client connection and the accounts it logs in as.
+//!
+//! A [`Conn`] is a TCP stream plus a read buffer that [`FrameCodec`] cuts into frames in
+//! place (each frame is a slice of the buffer, never a copy). It knows just enough of
+//! the conversation to get a connection to the chatting state: welcome, then
+//! `register`, `login` or `resume`, then `auth_ok` and `history`. The chat traffic itself
+//! is handled by `load`, which takes the stream and buffer apart for speed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use echochat::codec::{encode_frame, FrameCodec, CLIENT_MAX_FRAME};
+use echochat::protocol::{AuthErrorCode, ClientMessage, ServerMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::error::{within, BenchError, Result};
+
+/// Bytes asked of the kernel per read once a connection carries chat traffic: large, so
+/// one wake-up drains many frames.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Initial buffer of a connection that is still authenticating: small, because the
+/// memory phase holds ten thousand of them.
+const HANDSHAKE_BUFFER: usize = 4 * 1024;
+
+/// Password of every benchmark account (valid under the 4..=1024 byte rule).
+pub const PASSWORD: &str = "bench-password";
+
+/// A connection to the server with its undecoded input.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub codec: FrameCodec,
+}
+
+/// A benchmark account and the freshest session token the server gave it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    /// `None` until the account was registered (or after a token was refused).
+    pub token: Option<String>,
+    /// Whether the server is known to hold this account.
+    pub registered: bool,
+}
+
+impl Account {
+    /// A not yet registered account.
+    pub fn new(name: String) -> Account {
+        Account {
+            name,
+            token: None,
+            registered: false,
+        }
+    }
+}
+
+/// What a successful authentication gives back.
+pub struct Authenticated {
+    pub conn: Conn,
+    pub account: Account,
+}
+
+impl Conn {
+    /// Opens a connection with Nagle off (the benchmark measures latency).
+    pub async fn connect(addr: SocketAddr) -> Result<Conn> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| BenchError::io(format!("connect to {addr}"), e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| BenchError::io("set TCP_NODELAY", e))?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(HANDSHAKE_BUFFER),
+            codec: FrameCodec::new(CLIENT_MAX_FRAME),
+        })
+    }
+
+    /// The next frame's payload, reading as needed; a closed stream is an error because
+    /// every caller is waiting for a specific answer.
+    pub async fn next_frame(&mut self) -> Result<Bytes> {
+        loop {
+            if let Some(frame) = decode_frame(&mut self.codec, &mut self.buf)? {
+                return Ok(frame);
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(HANDSHAKE_BUFFER);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| BenchError::io("read", e))?;
+            if n == 0 {
+                return Err(BenchError::Closed("while waiting for a reply"));
+            }
+        }
+    }
+
+    /// The next frame parsed as a [`ServerMessage`].
+    pub async fn next_message(&mut self) -> Result<ServerMessage> {
+        let payload = self.next_frame().await?;
+        parse_server_message(&payload)
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, message: &ClientMessage) -> Result<()> {
+        let frame = encode_frame(message)
+            .map_err(|e| BenchError::Protocol(format!("cannot encode a request: {e}")))?;
+        self.stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| BenchError::io("write", e))
+    }
+
+    /// Waits for the greeting (skipping nothing: it must be the first frame).
+    pub async fn expect_welcome(&mut self) -> Result<()> {
+        match self.next_message().await? {
+            ServerMessage::Welcome { .. } => Ok(()),
+            other => Err(unexpected("welcome", &other)),
+        }
+    }
+
+    /// Sends an authentication request and waits for `auth_ok` and the `history` that
+    /// follows it, returning the fresh token. A refusal comes back as `Err(code)` so the
+    /// caller can fall back (an unknown token to a password login, say).
+    pub async fn authenticate(
+        &mut self,
+        request: &ClientMessage,
+    ) -> Result<std::result::Result<String, AuthErrorCode>> {
+        self.send(request).await?;
+        let token = loop {
+            match self.next_message().await? {
+                ServerMessage::AuthOk { token, .. } => break token,
+                ServerMessage::AuthError { code, .. } => return Ok(Err(code)),
+                // Broadcasts cannot precede auth_ok, but tolerate them rather than guess.
+                ServerMessage::Joined { .. }
+                | ServerMessage::Left { .. }
+                | ServerMessage::Message(_)
+                | ServerMessage::Pong => continue,
+                other => return Err(unexpected("auth_ok", &other)),
+            }
+        };
+        loop {
+            match self.next_message().await? {
+                ServerMessage::History { .. } => return Ok(Ok(token)),
+                ServerMessage::Joined { .. }
+                | ServerMessage::Left { .. }
+                | ServerMessage::Message(_)
+                | ServerMessage::Pong => continue,
+                other => return Err(unexpected("history", &other)),
+            }
+        }
+    }
+
+    /// Gives back the read buffer's memory once a connection will only sit idle.
+    pub fn into_idle(self) -> TcpStream {
+        self.stream
+    }
+}
+
+/// Cuts one frame from `buf` with the shared codec.
+pub fn decode_frame(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Option<Bytes>> {
+    use tokio_util::codec::Decoder;
+    Ok(codec.decode(buf)?)
+}
+
+/// Parses a payload, turning garbage into a protocol error that quotes its start.
+pub fn parse_server_message(payload: &[u8]) -> Result<ServerMessage> {
+    serde_json::from_slice(payload).map_err(|e| {
+        let shown = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
+        BenchError::Protocol(format!("malformed frame ({e}): {shown}"))
+    })
+}
+
+/// The error for a reply of the wrong type.
+fn unexpected(wanted: &str, got: &ServerMessage) -> BenchError {
+    let shown = serde_json::to_string(got).unwrap_or_else(|_| format!("{got:?}"));
+    BenchError::Protocol(format!("expected {wanted}, got {shown}"))
+}
+
+/// Connects and authenticates as `account`, the cheapest way that works: `resume` with
+/// its token, else `register` if it is new, else a password `login`. The account comes
+/// back with the fresh token.
+pub async fn open_session(addr: SocketAddr, mut account: Account) -> Result<Authenticated> {
+    let mut conn = Conn::connect(addr).await?;
+    conn.expect_welcome().await?;
+    if let Some(token) = account.token.take() {
+        match conn.authenticate(&ClientMessage::Resume { token }).await? {
+            Ok(token) => return finish(conn, account, token),
+            Err(AuthErrorCode::InvalidToken) => {} // expired or lost: use the password
+            Err(code) => return Err(refused(&account, "resume", code)),
+        }
+    }
+    if !account.registered {
+        let request = ClientMessage::Register {
+            name: account.name.clone(),
+            password: PASSWORD.into(),
+        };
+        match conn.authenticate(&request).await? {
+            Ok(token) => return finish(conn, account, token),
+            Err(AuthErrorCode::NameTaken) => {} // left over from an earlier run
+            Err(code) => return Err(refused(&account, "register", code)),
+        }
+    }
+    let request = ClientMessage::Login {
+        name: account.name.clone(),
+        password: PASSWORD.into(),
+    };
+    match conn.authenticate(&request).await? {
+        Ok(token) => finish(conn, account, token),
+        Err(code) => Err(refused(&account, "login", code)),
+    }
+}
+
+/// Records the fresh token on the account.
+fn finish(conn: Conn, mut account: Account, token: String) -> Result<Authenticated> {
+    account.token = Some(token);
+    account.registered = true;
+    Ok(Authenticated { conn, account })
+}
+
+/// The error for an `auth_error` the benchmark cannot work around.
+fn refused(account: &Account, how: &str, code: AuthErrorCode) -> BenchError {
+    let code = serde_json::to_string(&code).unwrap_or_default();
+    BenchError::Protocol(format!("{how} as {} refused: {code}", account.name))
+}
+
+/// Opens one authenticated connection per account, at most `parallel` handshakes at a
+/// time, and returns them in account order with the accounts' fresh tokens.
+pub async fn open_sessions(
+    addr: SocketAddr,
+    accounts: Vec<Account>,
+    parallel: usize,
+    limit: Duration,
+) -> Result<(Vec<Conn>, Vec<Account>)> {
+    let count = accounts.len();
+    let work = async move {
+        let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut set = JoinSet::new();
+        for (i, account) in accounts.into_iter().enumerate() {
+            let semaphore = semaphore.clone();
+            set.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                (i, open_session(addr, account).await)
+            });
+        }
+        let mut slots: Vec<Option<Authenticated>> = (0..count).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, result) = joined.map_err(|e| BenchError::Protocol(format!("task: {e}")))?;
+            slots[i] = Some(result?);
+        }
+        let mut conns = Vec::with_capacity(count);
+        let mut accounts = Vec::with_capacity(count);
+        for done in slots.into_iter().flatten() {
+            conns.push(done.conn);
+            accounts.push(done.account);
+        }
+        Ok((conns, accounts))
+    };
+    within(limit, format!("opening {count} sessions"), work).await
+}
+
+/// Opens `count` authenticated connections spread over `accounts`, one chain of
+/// sequential `resume`s per account (a resume spends the token it uses, so each account
+/// must wait for its previous fresh token). Cheap for the server even at 600,000
+/// PBKDF2 rounds once the accounts exist.
+pub async fn open_chains(
+    addr: SocketAddr,
+    accounts: Vec<Account>,
+    count: usize,
+    limit: Duration,
+) -> Result<(Vec<Conn>, Vec<Account>)> {
+    let chains = accounts.len().max(1);
+    let work = async move {
+        let mut set = JoinSet::new();
+        for (k, mut account) in accounts.into_iter().enumerate() {
+            let share = count / chains + usize::from(k < count % chains);
+            set.spawn(async move {
+                let mut conns = Vec::with_capacity(share);
+                for _ in 0..share {
+                    let done = open_session(addr, account).await?;
+                    account = done.account;
+                    conns.push(done.conn);
+                }
+                Ok::<_, BenchError>((conns, account))
+            });
+        }
+        let mut conns = Vec::with_capacity(count);
+        let mut accounts = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (mut some, account) =
+                joined.map_err(|e| BenchError::Protocol(format!("task: {e}")))??;
+            conns.append(&mut some);
+            accounts.push(account);
+        }
+        Ok((conns, accounts))
+    };
+    within(limit, format!("opening {count} connections"), work).await
+}
+
+/// Times one handshake for the report: connect, welcome, authenticate, history.
+pub async fn timed_session(addr: SocketAddr, account: Account) -> Result<(Duration, Account)> {
+    let started = Instant::now();
+    let done = open_session(addr, account).await?;
+    Ok((started.elapsed(), done.account))
+}

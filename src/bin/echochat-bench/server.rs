@@ -1,0 +1,230 @@
+//! The server under test: either one this process starts and owns, or one already
+//! running at `--target`.
+//!
+//! A started server gets a fresh state folder, port 0 on loopback and every limit off,
+//! and is stopped when the [`ServerProcess`] is dropped, which also happens on an error
+//! or a panic. Its stdin stays open (it is the admin console; end of input would only
+//! close the console) and is how it is asked to shut down.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{BenchError, Result};
+
+/// How long a server may take to print its `listening on` line.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// How long a graceful `shutdown` may take before the server is killed.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerLaunch {
+    pub binary: PathBuf,
+    /// `Some(n)` passes `--pbkdf2-rounds n`; `None` keeps the server's default.
+    pub pbkdf2_rounds: Option<u32>,
+    /// Extra arguments from `--server-arg`.
+    pub extra_args: Vec<String>,
+}
+
+/// A server this process started; dropping it stops the server and removes its state.
+pub struct ServerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+    state_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server and waits for its first stdout line.
+    pub fn start(launch: &ServerLaunch, label: &str) -> Result<ServerProcess> {
+        if !launch.binary.is_file() {
+            return Err(BenchError::Server(format!(
+                "no server binary at {} (build it with `cargo build --release --bins`, \
+                 or pass --server-bin or --target)",
+                launch.binary.display()
+            )));
+        }
+        let state_dir = fresh_state_dir(label)?;
+        let mut command = Command::new(&launch.binary);
+        command
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .args([
+                "--msg-rate",
+                "0",
+                "--max-conns",
+                "0",
+                "--max-conns-per-ip",
+                "0",
+            ])
+            .args(["--login-rate", "0"])
+            .arg("--state-dir")
+            .arg(&state_dir);
+        if let Some(rounds) = launch.pbkdf2_rounds {
+            command.args(["--pbkdf2-rounds", &rounds.to_string()]);
+        }
+        command
+            .args(&launch.extra_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            BenchError::io(format!("start {}", launch.binary.display()), e)
+        })?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let mut server = ServerProcess {
+            child,
+            stdin,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir,
+        };
+        let Some(stdout) = stdout else {
+            return Err(BenchError::Server("no stdout pipe".into()));
+        };
+        server.addr = read_listening_line(stdout, &mut server.child)?;
+        Ok(server)
+    }
+
+    /// The server's process id, for reading its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"shutdown\n");
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + SHUTDOWN_LIMIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Reads stdout until `listening on <addr>`, then keeps draining it on a thread so the
+/// server never blocks on a full pipe.
+fn read_listening_line(
+    stdout: impl Read + Send + 'static,
+    child: &mut Child,
+) -> Result<SocketAddr> {
+    let (first_line, receive) = mpsc::channel::<Option<String>>();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|line| line.ok());
+        let _ = first_line.send(first);
+        for _ in lines.by_ref() {}
+    });
+    let line = match receive.recv_timeout(STARTUP_LIMIT) {
+        Ok(Some(line)) => line,
+        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child
+                .wait()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            return Err(BenchError::Server(format!(
+                "exited before listening ({status})"
+            )));
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return Err(BenchError::Server(format!(
+                "no `listening on` line within {} s",
+                STARTUP_LIMIT.as_secs()
+            )))
+        }
+    };
+    line.trim()
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.parse().ok())
+        .ok_or_else(|| BenchError::Server(format!("unexpected first line: {line:?}")))
+}
+
+/// A new empty folder under the system temp dir for one server's state.
+fn fresh_state_dir(label: &str) -> Result<PathBuf> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "echochat-bench-{label}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// Asks the kernel to kill the server if this process dies without dropping it (a
+/// SIGKILL of the benchmark must not leave a server behind).
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit, so the benchmark (and
+/// the server it starts, which inherits it) can hold tens of thousands of sockets.
+/// Returns the new soft limit.
+pub fn raise_fd_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(BenchError::io("getrlimit", std::io::Error::last_os_error()));
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(BenchError::io("setrlimit", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status` (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).map_err(|e| BenchError::io(format!("read {path}"), e))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| BenchError::Server(format!("no VmRSS line in {path}")))
+}
+
+/// The server binary next to this executable (`cargo build --release --bins` puts both
+/// in `target/release`).
+pub fn sibling_server_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    Ok(dir.join("echochat-server"))
+}
