@@ -307,3 +307,27 @@ fn kill_9_during_registrations_leaves_whole_state_with_every_acknowledged_accoun
         c.login(name, PW);
     }
 }
+
+#[test]
+fn shutdown_right_after_a_quit_still_saves_tokens_and_ip_identification() {
+    // The last connection closing while the shutdown save is in flight must not end
+    // the process before the state is on disk. A race, so a few rounds.
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let token = {
+            let mut server = TestServer::start_in(dir.path(), &[]);
+            let (mut a, token) = registered(&server, "ann", PW);
+            a.send(&json!({"type":"quit"}));
+            a.expect_closed(RECV_TIMEOUT);
+            server.stop();
+            token
+        };
+        let server = TestServer::start_in(dir.path(), &[]);
+        let mut c = server.connect();
+        let w = c.welcome();
+        assert_eq!(w["known_name"], "ann", "round {round}: {w}");
+        c.send(&json!({"type":"resume","token":token}));
+        let ok = c.recv();
+        assert_eq!(ok["type"], "auth_ok", "round {round}: token lost: {ok}");
+    }
+}

@@ -476,6 +476,11 @@ impl TestClient {
     pub fn connect(addr: SocketAddr) -> TestClient {
         let stream = TcpStream::connect_timeout(&addr, RECV_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        TestClient::from_stream(stream)
+    }
+
+    /// Wraps a stream connected some other way (e.g. from another local address).
+    pub fn from_stream(stream: TcpStream) -> TestClient {
         stream.set_nodelay(true).ok();
         TestClient {
             stream,
@@ -489,14 +494,7 @@ impl TestClient {
     /// Connects, or `None` when the server does not accept.
     pub fn try_connect(addr: SocketAddr) -> Option<TestClient> {
         let stream = TcpStream::connect_timeout(&addr, RECV_TIMEOUT).ok()?;
-        stream.set_nodelay(true).ok();
-        Some(TestClient {
-            stream,
-            buf: Vec::new(),
-            pending: VecDeque::new(),
-            closed: false,
-            name: None,
-        })
+        Some(TestClient::from_stream(stream))
     }
 
     pub fn stream(&self) -> &TcpStream {
