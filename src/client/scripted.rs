@@ -84,7 +84,9 @@ pub async fn run(args: Args) -> Exit {
     };
     let mut session = Session::new(conn, server, tokens, name, out, policy);
     let outcome = session.run(&mut lines).await;
-    let unacknowledged = session.unacknowledged();
+    // Lines already read but never taken also went unsent (the server ended first).
+    let unread = usize::from(lines.try_recv().is_ok());
+    let unacknowledged = session.unacknowledged() + unread;
     let refused = session.refused();
     match outcome {
         Outcome::Quit | Outcome::LoggedOut if refused > 0 => Exit::failure(format!(
@@ -92,9 +94,9 @@ pub async fn run(args: Args) -> Exit {
         )),
         Outcome::Quit | Outcome::LoggedOut => Exit::success(),
         Outcome::Ended(ended) if unacknowledged == 0 => Exit::success_with(ended.to_string()),
-        Outcome::Ended(ended) => Exit::failure(format!(
-            "{ended} ({unacknowledged} message(s) were not delivered)"
-        )),
+        Outcome::Ended(ended) => {
+            Exit::failure(format!("{ended} (input was left unsent or unacknowledged)"))
+        }
         Outcome::Failed(why) => Exit::failure(why),
     }
 }
