@@ -616,6 +616,58 @@ fn scripted_reconnects_and_resumes_after_a_server_crash() {
     assert!(run.stderr.contains("Reconnected"), "{run:#?}");
 }
 
+#[test]
+fn scripted_corrupt_token_file_is_a_warning_and_gets_rewritten() {
+    let server = TestServer::start();
+    let t = temp();
+    std::fs::create_dir_all(t.tokens.parent().unwrap()).unwrap();
+    std::fs::write(&t.tokens, "{ this is not json").unwrap();
+    let name = unique_name("olga");
+    let run = run_script(
+        server.port(),
+        &t.tokens,
+        &[],
+        &format!("{name}\npassword1\nhi\n"),
+    );
+    run.assert_success();
+    assert!(run.stderr.contains("corrupt"), "{run:#?}");
+    assert!(token_file_json(&t.tokens)[server_key(&server)].is_string());
+}
+
+#[test]
+fn scripted_host_and_port_from_the_environment() {
+    let server = TestServer::start();
+    let t = temp();
+    let name = unique_name("pia");
+    let mut cmd = Command::new(client_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ECHOCHAT_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .env("ECHOCHAT_HOST", "127.0.0.1")
+        .env("ECHOCHAT_PORT", server.port().to_string())
+        .env("ECHOCHAT_TOKEN_FILE", &t.tokens)
+        .env("ECHOCHAT_NAME", &name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"password1\nvia env\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{name}: via env")), "{out:?}");
+    assert!(token_file_json(&t.tokens)[server_key(&server)].is_string());
+}
+
 /// Terminal mode, through a pseudo-terminal.
 mod terminal {
     use super::*;
@@ -794,6 +846,54 @@ mod terminal {
         assert!(!seen.contains("wrong-one"), "{seen:?}");
     }
 
+    /// Line mode and echo are on in the pseudo-terminal (checked after the client exited).
+    fn assert_terminal_restored(p: &PtySession) {
+        let master = p.process().get_file_handle().unwrap();
+        // SAFETY: tcgetattr writes only into the termios we own.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::tcgetattr(master.as_raw_fd(), &mut termios) },
+            0
+        );
+        assert_ne!(
+            termios.c_lflag & libc::ICANON,
+            0,
+            "terminal left in raw mode"
+        );
+        assert_ne!(
+            termios.c_lflag & libc::ECHO,
+            0,
+            "terminal left without echo"
+        );
+    }
+
+    #[test]
+    fn ctrl_c_at_the_password_prompt_exits_and_restores_echo() {
+        let server = TestServer::start();
+        let t = temp();
+        let port = server.port().to_string();
+        let token_file = t.tokens.to_string_lossy().into_owned();
+        let mut p = spawn_tty(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--token-file",
+            &token_file,
+        ]);
+        let mut seen = String::new();
+        expect(&mut p, &mut seen, "Name: ");
+        p.send_line(&unique_name("quinn")).unwrap();
+        expect(&mut p, &mut seen, "Password: ");
+        p.send_control('c').unwrap();
+        wait_exit(&mut p, &mut seen);
+        assert_terminal_restored(&p);
+        match p.process().wait().unwrap() {
+            rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 130, "{seen:?}"),
+            other => panic!("client did not exit normally: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_server_shutdown_ends_the_chat_and_restores_the_terminal() {
         let mut server = TestServer::start();
@@ -828,23 +928,7 @@ mod terminal {
         wait_exit(&mut p, &mut seen);
 
         // The editor was in raw mode when the server ended the chat; the client must
-        // have put the terminal back (line mode, echo on) before exiting.
-        let master = p.process().get_file_handle().unwrap();
-        // SAFETY: tcgetattr writes only into the termios we own.
-        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-        assert_eq!(
-            unsafe { libc::tcgetattr(master.as_raw_fd(), &mut termios) },
-            0
-        );
-        assert_ne!(
-            termios.c_lflag & libc::ICANON,
-            0,
-            "terminal left in raw mode"
-        );
-        assert_ne!(
-            termios.c_lflag & libc::ECHO,
-            0,
-            "terminal left without echo"
-        );
+        // have put the terminal back before exiting.
+        assert_terminal_restored(&p);
     }
 }
