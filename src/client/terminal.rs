@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
 use super::connection::{AuthReply, Connection, ConnectionError, Welcome};
-use super::display::auth_error_sentence;
+use super::display::{auth_error_sentence, printable};
 use super::prompt::{self, Secret};
 use super::session::{parse_input, Input, Outcome, Output, Policy, Session, PING_INTERVAL};
 use super::tokens::{self, TokenStore};
@@ -132,6 +132,8 @@ async fn authenticate(
     match conn.authenticate(request).await {
         Ok(reply) => return Ok(reply),
         Err(ConnectionError::Ended(ended)) => return Err(Exit::success_with(ended.to_string())),
+        // The server answered, but could not do it (`internal`: a full disk, say).
+        Err(e @ ConnectionError::Refused(_)) => return Err(Exit::failure(e.to_string())),
         Err(e) => say(&format!("The connection was lost ({e}); reconnecting...")),
     }
     *conn = connect(server).await?.0;
@@ -154,7 +156,7 @@ async fn log_in(
         match authenticate(&mut conn, server, &ClientMessage::Resume { token }).await? {
             AuthReply::Accepted { name, token, .. } => {
                 save(tokens, &token);
-                say(&format!("Welcome back, {name}."));
+                say(&format!("Welcome back, {}.", printable(&name)));
                 return Ok((conn, name));
             }
             AuthReply::Refused { code, .. } => {
@@ -177,7 +179,7 @@ async fn log_in(
         let name = match (&fixed_name, &known, &last_name) {
             (Some(name), _, _) => name.clone(),
             (None, Some(known), None) => {
-                say(&format!("Welcome back, {known}."));
+                say(&format!("Welcome back, {}.", printable(known)));
                 known.clone()
             }
             (None, known, last) => {
@@ -207,7 +209,7 @@ async fn log_in(
         let code = match authenticate(&mut conn, server, &login).await? {
             AuthReply::Accepted { name, token, .. } => {
                 save(tokens, &token);
-                say(&format!("Logged in as {name}."));
+                say(&format!("Logged in as {}.", printable(&name)));
                 return Ok((conn, name));
             }
             AuthReply::Refused {
@@ -216,7 +218,10 @@ async fn log_in(
             } => match register(&mut conn, server, &name).await? {
                 Some(AuthReply::Accepted { name, token, .. }) => {
                     save(tokens, &token);
-                    say(&format!("Welcome, {name}! Your account is ready."));
+                    say(&format!(
+                        "Welcome, {}! Your account is ready.",
+                        printable(&name)
+                    ));
                     return Ok((conn, name));
                 }
                 Some(AuthReply::Refused { code, .. }) => code,
@@ -241,7 +246,7 @@ async fn register(
 ) -> Result<Option<AuthReply>, Exit> {
     let question = format!(
         "There is no account named '{}'. Register it?",
-        super::display::printable(name)
+        printable(name)
     );
     let yes = blocking(move || {
         prompt::ask_yes_no(&mut io::stdin().lock(), &mut io::stderr(), &question, true)
@@ -303,7 +308,7 @@ fn save(tokens: &mut TokenStore, token: &str) {
 async fn chat(conn: Connection, server: ServerAddr, tokens: TokenStore, name: String) -> Exit {
     let (lines_tx, mut lines) = mpsc::channel(LINE_BUFFER);
     let (printer_tx, printer_rx) = oneshot::channel();
-    let prompt = format!("{}> ", super::display::printable(&name));
+    let prompt = format!("{}> ", printable(&name));
     let signal_tx = lines_tx.clone();
     say("Type a message and press Enter; /help lists the commands.");
     std::thread::spawn(move || read_lines(prompt, lines_tx, printer_tx));
