@@ -271,6 +271,8 @@ impl ChatServer {
             token,
             new_user,
         };
+        // Logged before anything is sent, so the log never lags what the client saw.
+        log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
         let history = self.history_frame();
         let subscription = self.ring.subscribe();
         let Some(conn) = self.connections.get_mut(&id) else {
@@ -298,7 +300,6 @@ impl ChatServer {
                 Some(id),
             );
         }
-        log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
         AuthOutcome::Authenticated {
             name: name.to_string(),
         }
@@ -431,6 +432,10 @@ impl Actor for ChatServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Unbounded (0, in actix's terms), so that a session's pipelined requests are
+        // never parked and reordered; each session caps what it has in flight instead.
+        // Set before any session exists, so no sender is parked yet.
+        ctx.set_mailbox_capacity(0);
         self.persistence
             .do_send(WatchHistory(ctx.address().recipient()));
         ctx.run_interval(SAVE_INTERVAL, |act, ctx| {
