@@ -339,6 +339,7 @@ fn requests_before_authentication_are_not_authenticated() {
         json!({"type":"say","text":"hello"}),
         json!({"type":"who"}),
         json!({"type":"logout"}),
+        json!({"type":"quit"}),
     ] {
         c.send(&msg);
         assert_eq!(c.expect_error(), "not_authenticated", "request {msg}");
@@ -468,4 +469,33 @@ fn token_expires_after_token_ttl() {
         "invalid_token"
     );
     b.login(&name, PW);
+}
+
+#[test]
+fn concurrent_registrations_of_one_name_give_exactly_one_account() {
+    let server = TestServer::start();
+    let mut clients: Vec<TestClient> = (0..6).map(|_| server.connect_greeted()).collect();
+    // Names differing only in case, all sent before any answer is read.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let name = if i % 2 == 0 { "Racer" } else { "racer" };
+        c.send(&register_msg(name, &format!("password-{i}")));
+    }
+    let mut winners = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let f = c.recv();
+        match f["type"].as_str() {
+            Some("auth_ok") => winners.push(i),
+            Some("auth_error") => assert_eq!(f["code"], "name_taken", "{f}"),
+            _ => panic!("unexpected answer {f}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one registration wins: {winners:?}"
+    );
+    let i = winners[0];
+    let name = if i % 2 == 0 { "Racer" } else { "racer" };
+    let mut check = server.connect_greeted();
+    check.login(name, &format!("password-{i}"));
 }

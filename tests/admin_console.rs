@@ -64,8 +64,13 @@ fn unknown_and_malformed_commands_are_reported() {
     server.admin("logs many");
     let line = server.expect_stdout("for logs", |l| l.contains("logs"));
     assert_eq!(line.trim(), "unknown command: logs (try 'help')");
+    server.admin("pause now");
+    let line = server.expect_stdout("for pause", |l| l.contains("pause"));
+    assert_eq!(line.trim(), "unknown command: pause (try 'help')");
     // Nothing changed: still serving, not paused.
     server.connect_greeted().ping();
+    let status = server.admin_output("status").join("\n");
+    assert!(status.contains("paused: no"), "{status}");
 }
 
 #[test]
@@ -350,4 +355,18 @@ fn end_of_stdin_closes_only_the_console() {
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(20)).expect("exit");
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn auth_timeout_starts_at_the_welcome_not_while_paused() {
+    let mut server = TestServer::start_with(&["--auth-timeout", "1"]);
+    server.admin("pause");
+    server.expect_stdout("greeting paused", |l| l.trim() == "greeting paused");
+    let mut waiting = server.connect();
+    // Longer than the authentication timeout, ungreeted: still open.
+    waiting.expect_silence(Duration::from_millis(2500));
+    server.admin("resume");
+    server.expect_stdout("greeting resumed", |l| l.contains("greeting resumed"));
+    waiting.welcome();
+    waiting.register("ann", PW);
 }

@@ -203,3 +203,18 @@ fn server_frames_are_length_prefixed_json_objects() {
     assert!(v.is_object());
     assert_eq!(v["type"], "welcome");
 }
+
+#[test]
+fn server_frames_may_exceed_max_frame() {
+    // A history of 3 messages of 900 characters is far over a 1024-byte limit.
+    let server = TestServer::start_with(&["--max-frame", "1024"]);
+    let (mut a, _) = registered(&server, "ann", "secret-pw");
+    let text = "h".repeat(900);
+    for _ in 0..3 {
+        a.say(&text);
+    }
+    let mut b = server.connect_greeted();
+    let ok = b.register_full("bea", "secret-pw");
+    assert_eq!(ok.messages.len(), 3);
+    assert!(ok.messages.iter().all(|m| m["text"] == text.as_str()));
+}

@@ -337,3 +337,15 @@ fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
     // The slow connection is closed (after whatever was already in its socket).
     slow.expect_closed(Duration::from_secs(60));
 }
+
+#[test]
+fn limits_are_readable_from_environment_variables() {
+    let server = TestServer::launch(Launch {
+        env: &[("ECHOCHAT_MAX_CONNS", "1")],
+        ..Launch::default()
+    });
+    let _inside = server.connect_greeted();
+    let mut extra = server.connect();
+    let frames = extra.expect_closed(RECV_TIMEOUT);
+    assert!(frames.is_empty(), "ECHOCHAT_MAX_CONNS=1: {frames:?}");
+}

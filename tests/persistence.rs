@@ -331,3 +331,46 @@ fn shutdown_right_after_a_quit_still_saves_tokens_and_ip_identification() {
         assert_eq!(ok["type"], "auth_ok", "round {round}: token lost: {ok}");
     }
 }
+
+#[test]
+fn kill_9_after_chat_leaves_a_history_that_is_a_prefix_of_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<Value> = {
+        let mut server = TestServer::start_in(dir.path(), &["--msg-rate", "0"]);
+        let (mut a, _) = registered(&server, "ann", PW);
+        let sent = (0..30).map(|i| a.say(&format!("crash {i}"))).collect();
+        server.kill_hard();
+        sent
+    };
+    // Whatever made it to disk is whole and in order; the next id follows it.
+    let server = TestServer::start_in(dir.path(), &["--history", "100"]);
+    let mut c = server.connect_greeted();
+    let ok = c.login_full("ann", PW);
+    assert!(ok.messages.len() <= sent.len());
+    assert_eq!(ok.messages[..], sent[..ok.messages.len()]);
+    let m = c.say("after the crash");
+    if let Some(last) = ok.messages.last() {
+        assert_eq!(m["id"].as_u64().unwrap(), last["id"].as_u64().unwrap() + 1);
+    }
+}
+
+#[test]
+fn history_after_restart_is_the_tail_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<Value> = {
+        let mut server = TestServer::start_in(dir.path(), &[]);
+        let (mut a, _) = registered(&server, "ann", PW);
+        let sent = (0..10).map(|i| a.say(&format!("tail {i}"))).collect();
+        server.stop();
+        sent
+    };
+    let server = TestServer::start_in(dir.path(), &["--history", "3"]);
+    let mut c = server.connect_greeted();
+    let ok = c.login_full("ann", PW);
+    assert_eq!(ok.messages, sent[7..].to_vec());
+    let m = c.say("next");
+    assert_eq!(
+        m["id"].as_u64().unwrap(),
+        sent[9]["id"].as_u64().unwrap() + 1
+    );
+}

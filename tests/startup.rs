@@ -200,6 +200,11 @@ fn service_messages_go_to_the_log_file_not_the_console() {
         None,
         "stdout after the first line is only admin-command output"
     );
+    let failure = server.wait_log_line(RECV_TIMEOUT, |l| l.to_lowercase().contains("fail"));
+    assert!(
+        failure.contains("127.0.0.1"),
+        "failures name the client: {failure:?}"
+    );
     let today = utc_date_today();
     let login = server.wait_log_line(RECV_TIMEOUT, |l| l.contains("ann"));
     let connect = server.wait_log_line(RECV_TIMEOUT, |l| {
@@ -265,4 +270,24 @@ fn sigterm_sends_shutdown_and_exits_zero() {
 #[test]
 fn sigint_sends_shutdown_and_exits_zero() {
     assert_signal_shuts_down_gracefully(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_while_paused_still_exits_zero() {
+    let mut server = TestServer::start();
+    let (mut a, _) = registered(&server, "ann", "secret-pw");
+    server.admin("pause");
+    server.expect_stdout("greeting paused", |l| l.trim() == "greeting paused");
+    let mut waiting = server.connect();
+    waiting.expect_silence(QUIET);
+    server.signal(libc::SIGTERM);
+    let frames = a.expect_closed(Duration::from_secs(20));
+    assert_eq!(frames.last().map(|f| &f["type"]), Some(&"shutdown".into()));
+    let frames = waiting.expect_closed(Duration::from_secs(20));
+    assert!(
+        frames.iter().all(|f| f["type"] == "shutdown"),
+        "an ungreeted connection gets at most `shutdown`: {frames:?}"
+    );
+    let status = server.wait_exit(Duration::from_secs(20)).expect("exit");
+    assert_eq!(status.code(), Some(0));
 }
