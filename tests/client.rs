@@ -568,6 +568,26 @@ fn scripted_server_shutdown_ends_the_session() {
     assert!(run.stderr.contains("shutting down"), "{run:#?}");
 }
 
+/// Waits until the token the client saved for 127.0.0.1:`port` is in the server's
+/// `users.json` (the server may write tokens in batches, and a crash before that
+/// would rightly make the client fall back to its password).
+fn wait_for_token_on_disk(token_file: &Path, state_dir: &Path, port: &str) {
+    let token = token_file_json(token_file)[format!("127.0.0.1:{port}")]
+        .as_str()
+        .expect("a saved token")
+        .to_string();
+    let digest = echochat::auth::token_digest(&token);
+    let users = state_dir.join("users.json");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !std::fs::read_to_string(&users)
+        .unwrap_or_default()
+        .contains(&digest)
+    {
+        assert!(Instant::now() < deadline, "token never reached users.json");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn scripted_reconnects_and_resumes_after_a_server_crash() {
     let state = tempfile::tempdir().unwrap();
@@ -582,20 +602,7 @@ fn scripted_reconnects_and_resumes_after_a_server_crash() {
     client.expect_stdout("own echo", |l| l.ends_with(&format!("{name}: before")));
 
     // Tokens may be written in batches: crash only once ours is on disk.
-    let token = token_file_json(&t.tokens)[format!("127.0.0.1:{port}")]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let digest = echochat::auth::token_digest(&token);
-    let users = state.path().join("users.json");
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while !std::fs::read_to_string(&users)
-        .unwrap_or_default()
-        .contains(&digest)
-    {
-        assert!(Instant::now() < deadline, "token never reached users.json");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_token_on_disk(&t.tokens, state.path(), &port);
     server.kill_hard();
     drop(server);
 
@@ -844,6 +851,51 @@ mod terminal {
         expect(&mut p, &mut seen, "Logged out");
         wait_exit(&mut p, &mut seen);
         assert!(!seen.contains("wrong-one"), "{seen:?}");
+    }
+
+    #[test]
+    fn reconnects_after_a_server_crash() {
+        let state = tempfile::tempdir().unwrap();
+        let mut server = TestServer::start_in(state.path(), &[]);
+        let port = server.port().to_string();
+        let t = temp();
+        let name = unique_name("rex");
+        run_script(
+            server.port(),
+            &t.tokens,
+            &[],
+            &format!("{name}\npassword1\n"),
+        )
+        .assert_success();
+        let token_file = t.tokens.to_string_lossy().into_owned();
+        let mut p = spawn_tty(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--token-file",
+            &token_file,
+        ]);
+        let mut seen = String::new();
+        expect(&mut p, &mut seen, &format!("Welcome back, {name}."));
+        expect(&mut p, &mut seen, &format!("{name}> "));
+
+        wait_for_token_on_disk(&t.tokens, state.path(), &port);
+        server.kill_hard();
+        expect(&mut p, &mut seen, "Lost the connection");
+        let restarted = TestServer::start_in(state.path(), &["--port", &port]);
+        assert_eq!(
+            restarted.port().to_string(),
+            port,
+            "restarted on another port"
+        );
+        expect(&mut p, &mut seen, "Reconnected");
+        expect(&mut p, &mut seen, &format!("{name}> "));
+        type_line(&mut p, &mut seen, "back again");
+        expect(&mut p, &mut seen, &format!("{name}: back again"));
+        expect(&mut p, &mut seen, &format!("{name}> "));
+        type_line(&mut p, &mut seen, "/quit");
+        wait_exit(&mut p, &mut seen);
     }
 
     /// Line mode and echo are on in the pseudo-terminal (checked after the client exited).
