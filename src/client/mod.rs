@@ -1,1 +1,78 @@
 //! The interactive terminal client (`echochat`).
+//!
+//! `client_main.rs` parses [`args::Args`] and calls [`run`], which picks a mode: on a
+//! terminal, [`terminal`] asks for what is missing and chats through a line editor; with
+//! stdin a pipe or a file, [`scripted`] reads its lines and asks nothing. Both share the
+//! socket ([`connection`]), the logged-in chat loop ([`session`]), the token file
+//! ([`tokens`]) and how events read ([`display`]). Framing and message types come from
+//! the crate's `codec` and `protocol`, the same ones the server uses.
+
+pub mod args;
+pub mod connection;
+pub mod display;
+pub mod prompt;
+pub mod scripted;
+pub mod session;
+pub mod terminal;
+pub mod tokens;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+/// How the client ends: an exit code, and a last line for stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u8,
+    pub message: Option<String>,
+}
+
+impl Exit {
+    /// Everything went as asked.
+    pub fn success() -> Exit {
+        Exit {
+            code: 0,
+            message: None,
+        }
+    }
+
+    /// A normal end worth a last word (the server shut down, say).
+    pub fn success_with(message: impl Into<String>) -> Exit {
+        Exit {
+            code: 0,
+            message: Some(message.into()),
+        }
+    }
+
+    /// The client could not do what was asked; `why` is one line for the user.
+    pub fn failure(why: impl Into<String>) -> Exit {
+        Exit {
+            code: 1,
+            message: Some(why.into()),
+        }
+    }
+}
+
+/// Runs the client to completion and reports how it ended.
+pub fn run(args: args::Args) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let exit = match runtime {
+        Ok(runtime) => {
+            let exit = if std::io::stdin().is_terminal() {
+                runtime.block_on(terminal::run(args))
+            } else {
+                runtime.block_on(scripted::run(args))
+            };
+            // Threads blocked on stdin must not hold the exit up.
+            runtime.shutdown_background();
+            exit
+        }
+        Err(e) => Exit::failure(format!("cannot start: {e}")),
+    };
+    if let Some(message) = &exit.message {
+        let _ = writeln!(std::io::stderr().lock(), "echochat: {message}");
+    }
+    ExitCode::from(exit.code)
+}

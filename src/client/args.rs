@@ -1,0 +1,210 @@
+//! The client's command line, and the server address it names.
+//!
+//! Every flag can also come from an environment variable (`ECHOCHAT_` + the flag in
+//! upper case), the flag winning, as for the server. A host or port given neither way
+//! is asked for on a terminal (see [`super::prompt`]) or takes its default in scripted
+//! mode.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Host asked for by default: a server on this machine.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// The server's default port (SPEC §1).
+pub const DEFAULT_PORT: u16 = 9090;
+
+/// `echochat [--host H] [--port P] [--name NAME] [--token-file PATH]`
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "echochat",
+    version,
+    about = "Terminal client for an echochat server"
+)]
+pub struct Args {
+    /// Server host name or IP address [default: ask on a terminal, else 127.0.0.1]
+    #[arg(long, env = "ECHOCHAT_HOST", value_parser = parse_host_arg)]
+    pub host: Option<String>,
+
+    /// Server port, 1-65535 [default: ask on a terminal, else 9090]
+    #[arg(long, env = "ECHOCHAT_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Account name (otherwise asked for, or read from the first line of a script)
+    #[arg(long, env = "ECHOCHAT_NAME")]
+    pub name: Option<String>,
+
+    /// Where session tokens are remembered [default: DATA_DIR/echochat/tokens.json]
+    #[arg(long, env = "ECHOCHAT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where to connect: the host as the user typed it and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerAddr {
+    /// The key under which this server's token is remembered: `host:port`, the host
+    /// lower-cased (host names are case-insensitive) and an IPv6 address bracketed.
+    pub fn token_key(&self) -> String {
+        self.to_string().to_lowercase()
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a host or port typed by the user is refused; shown as a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    #[error("'{0}' is not a host name or IP address")]
+    BadHost(String),
+    #[error("'{0}' is not a number; a port is a whole number from 1 to 65535")]
+    PortNotANumber(String),
+    #[error("{0} is out of range; a port is from 1 to 65535")]
+    PortOutOfRange(String),
+}
+
+/// Checks a host: an IP address (IPv6 with or without brackets) or a DNS name made of
+/// labels of letters, digits and `-`. Returns it in the form to connect to.
+pub fn parse_host(input: &str) -> Result<String, AddrError> {
+    let host = input.trim();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(bare.to_string());
+    }
+    let is_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(is_label) {
+        Ok(host.to_string())
+    } else {
+        Err(AddrError::BadHost(host.to_string()))
+    }
+}
+
+/// Checks a port: a whole number in 1..=65535.
+pub fn parse_port(input: &str) -> Result<u16, AddrError> {
+    let text = input.trim();
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(AddrError::PortNotANumber(text.to_string()));
+    }
+    match text.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        _ => Err(AddrError::PortOutOfRange(text.to_string())),
+    }
+}
+
+/// clap adapter for [`parse_host`].
+fn parse_host_arg(input: &str) -> Result<String, AddrError> {
+    parse_host(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ips_and_host_names() {
+        assert_eq!(parse_host("127.0.0.1"), Ok("127.0.0.1".into()));
+        assert_eq!(parse_host(" localhost "), Ok("localhost".into()));
+        assert_eq!(
+            parse_host("chat.example.org"),
+            Ok("chat.example.org".into())
+        );
+        assert_eq!(parse_host("::1"), Ok("::1".into()));
+        assert_eq!(parse_host("[::1]"), Ok("::1".into()));
+    }
+
+    #[test]
+    fn refuses_junk_hosts() {
+        for junk in [
+            "",
+            "a b",
+            "-bad.example",
+            "exa_mple.org",
+            "a..b",
+            "x:y",
+            "é.com",
+        ] {
+            assert!(parse_host(junk).is_err(), "{junk:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ports_must_be_in_range() {
+        assert_eq!(parse_port("9090"), Ok(9090));
+        assert_eq!(parse_port(" 1 "), Ok(1));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(matches!(parse_port("0"), Err(AddrError::PortOutOfRange(_))));
+        assert!(matches!(
+            parse_port("65536"),
+            Err(AddrError::PortOutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_port("99999999999999999999"),
+            Err(AddrError::PortOutOfRange(_))
+        ));
+        for junk in ["abc", "-1", "+80", "80.5", "8 0", ""] {
+            assert!(
+                matches!(parse_port(junk), Err(AddrError::PortNotANumber(_))),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_key_brackets_ipv6_and_ignores_case() {
+        let v6 = ServerAddr {
+            host: "::1".into(),
+            port: 9090,
+        };
+        assert_eq!(v6.token_key(), "[::1]:9090");
+        let named = ServerAddr {
+            host: "Chat.Example.org".into(),
+            port: 1,
+        };
+        assert_eq!(named.token_key(), "chat.example.org:1");
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::try_parse_from([
+            "echochat",
+            "--host",
+            "localhost",
+            "--port",
+            "9091",
+            "--name",
+            "alice",
+            "--token-file",
+            "/tmp/t.json",
+        ])
+        .unwrap();
+        assert_eq!(args.host.as_deref(), Some("localhost"));
+        assert_eq!(args.port, Some(9091));
+        assert_eq!(args.name.as_deref(), Some("alice"));
+        assert!(Args::try_parse_from(["echochat", "--port", "0"]).is_err());
+        assert!(Args::try_parse_from(["echochat", "--port", "x"]).is_err());
+    }
+}
