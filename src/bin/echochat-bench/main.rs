@@ -260,6 +260,20 @@ fn run_id() -> String {
     format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
 }
 
+/// The 1/5/15-minute load averages, printed because other work on the machine takes
+/// cores from both the server and the load generator.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Runs the whole benchmark; `Ok(false)` when a phase failed (its error was printed).
 async fn run(opts: Options) -> Result<bool> {
     if opts.size > echochat::protocol::MAX_TEXT_CHARS {
@@ -294,8 +308,10 @@ async fn run(opts: Options) -> Result<bool> {
     };
     println!(
         "echochat-bench: {} cores, load generator on the same machine ({} worker threads), \
-         open-file limit {fd_limit}",
-        cores, opts.threads
+         open-file limit {fd_limit}, load average {}",
+        cores,
+        opts.threads,
+        load_average()
     );
     match &launch {
         Some(launch) => println!(
