@@ -12,6 +12,13 @@
 //! | `memory` | [`memory`] | server RSS per idle authenticated connection |
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
 //!
+//! ```text
+//! cargo build --release --bins
+//! target/release/echochat-bench                       # every phase, defaults
+//! target/release/echochat-bench --phase fanout,latency --clients 2000 --rate 1000
+//! target/release/echochat-bench --target 127.0.0.1:9090 --server-pid 1234
+//! ```
+//!
 //! Each figure is printed as a plain `phase: ...` line when measured, and again in a
 //! summary at the end. The generator shares the machine with the server, so it runs on a
 //! small tokio runtime (`--threads`, 2 by default), one task per connection, and parses
@@ -297,14 +304,16 @@ async fn run(opts: Options) -> Result<bool> {
         }),
     };
     // Owned here so it is stopped however this function ends.
-    let (server, addr, server_pid) = match (&opts.target, &launch) {
-        (Some(target), _) => (None, loopback_target(target)?, opts.server_pid),
-        (None, Some(launch)) => {
+    let (server, addr, server_pid) = match (&launch, &opts.target) {
+        (Some(launch), _) => {
             let server = ServerProcess::start(launch, "main")?;
             let (addr, pid) = (server.addr, server.pid());
             (Some(server), addr, Some(pid))
         }
-        (None, None) => unreachable!("a launch exists when there is no target"),
+        (None, target) => {
+            let target = target.as_deref().unwrap_or_default();
+            (None, loopback_target(target)?, opts.server_pid)
+        }
     };
     println!(
         "echochat-bench: {} cores, load generator on the same machine ({} worker threads), \
