@@ -12,14 +12,16 @@
 //! unsent bytes pass `--send-queue` while its socket is blocked is dropped. The
 //! broadcaster never waits for anyone.
 
+use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Identifies one connection for the life of the server process.
@@ -91,6 +93,7 @@ impl Broadcaster {
     pub fn subscribe(&self) -> Subscription {
         Subscription {
             receiver: self.sender.subscribe(),
+            sender: self.sender.clone(),
             published_bytes: self.published_bytes.clone(),
             consumed_bytes: self.published_bytes.load(Ordering::Relaxed),
         }
@@ -100,6 +103,8 @@ impl Broadcaster {
 /// A session's place on the ring.
 pub struct Subscription {
     receiver: broadcast::Receiver<RingItem>,
+    /// To start this thread's [`ring_wakeup`] relay on first use.
+    sender: broadcast::Sender<RingItem>,
     published_bytes: Arc<AtomicU64>,
     consumed_bytes: u64,
 }
@@ -214,14 +219,24 @@ pub async fn run_writer(
         socket,
         abort,
         ring: None,
+        ring_wakeup: None,
         buf: BytesMut::new(),
         closing: false,
         send_queue,
     };
     let end = writer.run(&mut queue).await;
-    if matches!(end, WriterEnd::Closed) {
-        use tokio::io::AsyncWriteExt;
-        let _ = writer.socket.shutdown().await;
+    match end {
+        WriterEnd::Closed => {
+            use tokio::io::AsyncWriteExt;
+            let _ = writer.socket.shutdown().await;
+        }
+        WriterEnd::Io(_) => {}
+        // A dropped reader gets a reset: the kernel discards what it still holds for
+        // it instead of trickling it out, and the client learns at once.
+        _ => {
+            // A zero linger never blocks the thread on close (a non-zero one would).
+            let _ = socket2::SockRef::from(writer.socket.as_ref()).set_linger(Some(Duration::ZERO));
+        }
     }
     end
 }
@@ -231,6 +246,8 @@ struct Writer {
     socket: OwnedWriteHalf,
     abort: CancellationToken,
     ring: Option<Subscription>,
+    /// This thread's ring relay, once subscribed.
+    ring_wakeup: Option<Rc<Notify>>,
     buf: BytesMut,
     closing: bool,
     send_queue: u64,
@@ -264,6 +281,22 @@ impl Writer {
         &mut self,
         queue: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), WriterEnd> {
+        let wakeup = self.ring_wakeup.clone();
+        let mut notified = std::pin::pin!(wakeup.as_deref().map(Notify::notified));
+        if let Some(notified) = notified.as_mut().as_pin_mut() {
+            // Registered before looking, so a frame published after the look still
+            // wakes us.
+            notified.enable();
+        }
+        if self.take_one_from_ring()? {
+            return Ok(());
+        }
+        let ring_notified = async {
+            match notified.as_mut().as_pin_mut() {
+                Some(notified) => notified.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = self.abort.cancelled() => Err(WriterEnd::Aborted),
@@ -275,7 +308,23 @@ impl Writer {
                 }
                 Ok(())
             }
-            received = recv_ring(self.ring.as_mut()) => self.take_ring(received),
+            _ = ring_notified => Ok(()),
+        }
+    }
+
+    /// Takes one frame from the ring if one is waiting; tells whether it did.
+    fn take_one_from_ring(&mut self) -> Result<bool, WriterEnd> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(false);
+        };
+        match ring.receiver.try_recv() {
+            Ok(item) => self.take_ring(Ok(item)).map(|_| true),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(false),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(lagged(n)),
+            Err(broadcast::error::TryRecvError::Closed) => {
+                self.ring = None;
+                Ok(false)
+            }
         }
     }
 
@@ -308,7 +357,10 @@ impl Writer {
     fn apply(&mut self, item: Outbound) {
         match item {
             Outbound::Frame(frame) => self.buf.extend_from_slice(&frame),
-            Outbound::Subscribe(subscription) => self.ring = Some(subscription),
+            Outbound::Subscribe(subscription) => {
+                self.ring_wakeup = Some(ring_wakeup(&subscription.sender));
+                self.ring = Some(subscription);
+            }
             Outbound::Close => self.closing = true,
         }
     }
@@ -382,12 +434,44 @@ fn lagged(missed: u64) -> WriterEnd {
     WriterEnd::Lagged
 }
 
-/// Receives from the ring, or never completes when not subscribed.
-async fn recv_ring(
-    ring: Option<&mut Subscription>,
-) -> Result<RingItem, broadcast::error::RecvError> {
-    match ring {
-        Some(ring) => ring.receiver.recv().await,
-        None => std::future::pending().await,
-    }
+thread_local! {
+    /// This thread's ring relay (see [`ring_wakeup`]).
+    static RING_WAKEUP: RefCell<Option<Rc<Notify>>> = const { RefCell::new(None) };
+}
+
+/// The wakeup the writers of this thread wait on for ring frames.
+///
+/// If every writer waited on the ring itself, each published frame would make the
+/// publishing thread wake every writer on every other thread: a thousand cross-thread
+/// wakeups (and as many thread unparks) per chat message. Instead one relay task per
+/// session thread waits on the ring and wakes that thread's writers locally, which
+/// costs no system call. Each writer still reads its own subscription, so where it
+/// starts on the ring stays exactly where `ChatServer` subscribed it.
+fn ring_wakeup(sender: &broadcast::Sender<RingItem>) -> Rc<Notify> {
+    RING_WAKEUP.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some(wakeup) = slot.as_ref() {
+            return Rc::clone(wakeup);
+        }
+        let wakeup = Rc::new(Notify::new());
+        let mut relay = sender.subscribe();
+        let local = Rc::clone(&wakeup);
+        tokio::task::spawn_local(async move {
+            loop {
+                match relay.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+                // One wakeup for a burst: skip what is already waiting.
+                while !matches!(
+                    relay.try_recv(),
+                    Err(broadcast::error::TryRecvError::Empty
+                        | broadcast::error::TryRecvError::Closed)
+                ) {}
+                local.notify_waiters();
+            }
+        });
+        *slot = Some(Rc::clone(&wakeup));
+        wakeup
+    })
 }

@@ -20,7 +20,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::persistence::LoadedHistory;
-use super::persistence::{Flush, PersistError, Persistence, SaveIdentities};
+use super::persistence::{
+    AppendHistory, Flush, HistoryWritable, PersistError, Persistence, SaveIdentities, WatchHistory,
+};
 use super::session::{Greeted, Session};
 use crate::auth::{self, SERVER_NAME};
 use crate::codec::{encode_frame, frame_from_payload, payload_of};
@@ -129,7 +131,13 @@ pub struct ChatServer {
     save_in_flight: bool,
     save_waiters: Vec<oneshot::Sender<Result<(), PersistError>>>,
 
+    /// False while `history.jsonl` refuses writes (a full disk): `say` is refused
+    /// rather than accepted into a buffer that cannot drain.
+    history_writable: bool,
+
     shutting_down: bool,
+    /// Set once shutdown has put the state on disk and told every connection.
+    shutdown_flushed: bool,
 }
 
 impl ChatServer {
@@ -166,7 +174,9 @@ impl ChatServer {
             identities_dirty: false,
             save_in_flight: false,
             save_waiters: Vec::new(),
+            history_writable: true,
             shutting_down: false,
+            shutdown_flushed: false,
         })
     }
 
@@ -220,8 +230,7 @@ impl ChatServer {
             self.history.push_back(payload.clone());
             self.history_frame = None;
         }
-        self.persistence
-            .do_send(super::persistence::AppendHistory(payload));
+        self.persistence.do_send(AppendHistory(payload));
         self.ring.publish(frame, None);
         id
     }
@@ -410,9 +419,9 @@ impl ChatServer {
         users.into_iter().map(|(_, u)| u.name.clone()).collect()
     }
 
-    /// Once every connection is gone (or the grace period ends), stop the process.
+    /// Once the state is on disk and every connection is gone, stop the process.
     fn finish_shutdown_if_drained(&self) {
-        if self.shutting_down && self.connections.is_empty() {
+        if self.shutdown_flushed && self.connections.is_empty() {
             System::current().stop();
         }
     }
@@ -422,6 +431,12 @@ impl Actor for ChatServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Unbounded (0, in actix's terms), so that a session's pipelined requests are
+        // never parked and reordered; each session caps what it has in flight instead.
+        // Set before any session exists, so no sender is parked yet.
+        ctx.set_mailbox_capacity(0);
+        self.persistence
+            .do_send(WatchHistory(ctx.address().recipient()));
         ctx.run_interval(SAVE_INTERVAL, |act, ctx| {
             let now = unix_ms();
             if act.identities.prune_expired(now) > 0 {
@@ -778,7 +793,28 @@ impl Handler<Say> for ChatServer {
         let Some(name) = self.online.get(&key).map(|u| u.name.clone()) else {
             return;
         };
+        if !self.history_writable {
+            self.send_to(
+                msg.id,
+                &ServerMessage::error(
+                    ErrorCode::Internal,
+                    "the server cannot record messages right now; not sent, try again later",
+                ),
+            );
+            return;
+        }
         self.publish_message(&name, msg.text);
+    }
+}
+
+impl Handler<HistoryWritable> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: HistoryWritable, _: &mut Self::Context) {
+        self.history_writable = msg.0;
+        if !msg.0 {
+            log::error!("history cannot be written: refusing chat messages until it can");
+        }
     }
 }
 
@@ -1007,6 +1043,7 @@ impl Handler<Shutdown> for ChatServer {
                 Ok(Err(err)) => log::error!("history not flushed at shutdown: {err}"),
                 Err(err) => log::error!("history not flushed at shutdown: {err}"),
             }
+            act.shutdown_flushed = true;
             if let Some(frame) = encode(&ServerMessage::Shutdown {
                 message: "the server is shutting down".to_string(),
             }) {
@@ -1026,6 +1063,7 @@ impl Handler<Shutdown> for ChatServer {
                 System::current().stop();
             });
         })
-        .wait(ctx);
+        // Not `wait`: the save this awaits runs as another future of this actor.
+        .spawn(ctx);
     }
 }

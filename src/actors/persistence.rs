@@ -80,6 +80,10 @@ pub struct Persistence {
     history: Option<BufWriter<File>>,
     /// History lines accepted but not yet handed to the file.
     pending_history: Vec<u8>,
+    /// Told when history stops or starts being writable again.
+    history_watcher: Option<Recipient<HistoryWritable>>,
+    /// Whether the last attempt to write history failed.
+    history_failing: bool,
 }
 
 impl Persistence {
@@ -89,7 +93,34 @@ impl Persistence {
             paths,
             history: None,
             pending_history: Vec::new(),
+            history_watcher: None,
+            history_failing: false,
         }
+    }
+
+    /// Writes buffered history, logging a failure and telling the watcher when the
+    /// file stops or starts taking writes.
+    fn flush_history_and_report(&mut self, sync: bool) -> Result<(), PersistError> {
+        let result = self.flush_history(sync);
+        let failing = result.is_err();
+        if let Err(err) = &result {
+            // Once per outage, not at every retry.
+            if self.history_failing {
+                log::debug!("history still not written: {err}");
+            } else {
+                log::error!("history not written, will retry: {err}");
+            }
+        }
+        if failing != self.history_failing {
+            self.history_failing = failing;
+            if !failing {
+                log::info!("history is being written again");
+            }
+            if let Some(watcher) = &self.history_watcher {
+                watcher.do_send(HistoryWritable(!failing));
+            }
+        }
+        result
     }
 
     /// Writes buffered history to the file; on failure keeps it for the next try.
@@ -136,9 +167,7 @@ impl Actor for Persistence {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(HISTORY_FLUSH_INTERVAL, |act, _| {
-            if let Err(err) = act.flush_history(false) {
-                log::error!("history not written, will retry: {err}");
-            }
+            let _ = act.flush_history_and_report(false);
         });
     }
 
@@ -177,9 +206,7 @@ impl Handler<AppendHistory> for Persistence {
         self.pending_history.extend_from_slice(&msg.0);
         self.pending_history.push(b'\n');
         if self.pending_history.len() >= HISTORY_BUFFER_BYTES {
-            if let Err(err) = self.flush_history(false) {
-                log::error!("history not written, will retry: {err}");
-            }
+            let _ = self.flush_history_and_report(false);
         }
     }
 }
@@ -193,7 +220,26 @@ impl Handler<Flush> for Persistence {
     type Result = Result<(), PersistError>;
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
-        self.flush_history(true)
+        self.flush_history_and_report(true)
+    }
+}
+
+/// Whether `history.jsonl` takes writes (`false` after a failed write, `true` once a
+/// retry succeeds); sent to the watcher registered with [`WatchHistory`].
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct HistoryWritable(pub bool);
+
+/// Register the actor to tell about [`HistoryWritable`] changes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchHistory(pub Recipient<HistoryWritable>);
+
+impl Handler<WatchHistory> for Persistence {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchHistory, _: &mut Self::Context) {
+        self.history_watcher = Some(msg.0);
     }
 }
 

@@ -33,6 +33,12 @@ const READ_BUFFER: usize = 512;
 /// How often the idle timeout is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// `say` requests a session may have queued at `ChatServer` before it stops reading
+/// until they are taken. Pipelining keeps a sender's window moving without a round
+/// trip per message; the cap bounds what one connection can put in the server's
+/// mailbox (the rest waits in its own socket, slowed by TCP).
+const SAYS_IN_FLIGHT: usize = 32;
+
 /// Per-connection settings, shared by every session.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -82,6 +88,8 @@ pub struct Session {
     stage: Stage,
     last_heard: Instant,
     bucket: TokenBucket,
+    /// `say` requests sent to `ChatServer` and not yet taken.
+    says_in_flight: usize,
 }
 
 impl Session {
@@ -105,6 +113,7 @@ impl Session {
             stage: Stage::Waiting,
             last_heard: Instant::now(),
             bucket,
+            says_in_flight: 0,
         }
     }
 
@@ -209,11 +218,18 @@ impl Session {
             self.reply_error(ErrorCode::RateLimited, "too many messages; slow down");
             return;
         }
-        self.server
+        self.says_in_flight += 1;
+        let taken = self
+            .server
             .send(Say { id: self.id, text })
             .into_actor(self)
-            .map(|_, _, _| ())
-            .wait(ctx);
+            .map(|_, act, _| act.says_in_flight -= 1);
+        if self.says_in_flight >= SAYS_IN_FLIGHT {
+            // Requests are taken in order, so once this one is, all are.
+            taken.wait(ctx);
+        } else {
+            ctx.spawn(taken);
+        }
     }
 
     fn start_timers(&mut self, ctx: &mut Context<Self>) {
