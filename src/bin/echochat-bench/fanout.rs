@@ -135,7 +135,8 @@ pub async fn run_latency(bench: &mut Bench) -> Result<()> {
     bench.say(
         phase,
         format!(
-            "achieved {:.0} messages/s, {:.0} deliveries/s",
+            "achieved {:.0} messages/s sent, {:.0} acknowledged, {:.0} deliveries/s",
+            counters.sent as f64 / secs,
             counters.acked as f64 / secs,
             counters.deliveries as f64 / secs
         ),
