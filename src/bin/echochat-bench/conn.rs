@@ -172,7 +172,7 @@ pub fn decode_frame(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Option
 pub fn parse_server_message(payload: &[u8]) -> Result<ServerMessage> {
     serde_json::from_slice(payload).map_err(|e| {
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
-        BenchError::Protocol(format!("malformed frame ({e}): {shown}"))
+        BenchError::Protocol(format!("malformed frame ({e}): {shown:?}"))
     })
 }
 

@@ -360,7 +360,9 @@ async fn run(opts: Options) -> Result<bool> {
     }
     println!(
         "summary ({cores} cores, load generator on the same machine, {} clients, {} senders, {}-byte texts):",
-        opts.clients, opts.senders, opts.size
+        opts.clients,
+        opts.senders.clamp(1, opts.clients.max(1)),
+        opts.size.max(load::STAMP_LEN)
     );
     for line in &bench.summary {
         println!("  {line}");
