@@ -95,7 +95,9 @@ impl Conn {
                 .await
                 .map_err(|e| BenchError::io("read", e))?;
             if n == 0 {
-                return Err(BenchError::Closed("while waiting for a reply"));
+                return Err(BenchError::Closed(
+                    "while a reply was awaited; is a limit such as --max-conns-per-ip on?",
+                ));
             }
         }
     }
