@@ -271,6 +271,8 @@ impl ChatServer {
             token,
             new_user,
         };
+        // Logged before anything is sent, so the log never lags what the client saw.
+        log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
         let history = self.history_frame();
         let subscription = self.ring.subscribe();
         let Some(conn) = self.connections.get_mut(&id) else {
@@ -298,7 +300,6 @@ impl ChatServer {
                 Some(id),
             );
         }
-        log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
         AuthOutcome::Authenticated {
             name: name.to_string(),
         }

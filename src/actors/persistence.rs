@@ -123,6 +123,20 @@ impl Persistence {
         result
     }
 
+    /// Whether the open history file is still the one at `path`. If the file was moved,
+    /// deleted or replaced while the server runs, appending to the old handle would
+    /// put chat where nobody looks; the caller reopens instead.
+    fn history_file_is_current(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(writer) = self.history.as_ref() else {
+            return false;
+        };
+        match (writer.get_ref().metadata(), fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+
     /// Writes buffered history to the file; on failure keeps it for the next try.
     fn flush_history(&mut self, sync: bool) -> Result<(), PersistError> {
         if self.pending_history.is_empty() && !sync {
@@ -130,6 +144,9 @@ impl Persistence {
         }
         let path = self.paths.history.clone();
         let result = (|| -> io::Result<()> {
+            if !self.history_file_is_current(&path) {
+                self.history = None;
+            }
             if self.history.is_none() {
                 let file = OpenOptions::new().create(true).append(true).open(&path)?;
                 self.history = Some(BufWriter::new(file));
