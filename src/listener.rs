@@ -20,17 +20,34 @@ use crate::outbound::SessionId;
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Connections the kernel may queue before the accept loop takes them. The usual 128
+/// overflows in a reconnect storm, and an overflowing queue drops connection attempts
+/// that clients then retry only after a second. The kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds `host:port` and listens.
+fn bind(host: IpAddr, port: u16) -> io::Result<StdListener> {
+    use socket2::{Domain, Socket, Type};
+    let address = SocketAddr::new(host, port);
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // As std does: a restarted server can bind while old connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Binds `host:port`, or the next free port among `attempts` (port 0: the OS picks).
 pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<StdListener, String> {
     if port == 0 {
-        return StdListener::bind((host, 0)).map_err(|e| format!("cannot bind {host}:0: {e}"));
+        return bind(host, 0).map_err(|e| format!("cannot bind {host}:0: {e}"));
     }
     let mut last_error = None;
     for offset in 0..attempts {
         let Some(candidate) = port.checked_add(offset) else {
             break;
         };
-        match StdListener::bind((host, candidate)) {
+        match bind(host, candidate) {
             Ok(listener) => return Ok(listener),
             Err(err) if err.kind() == io::ErrorKind::AddrInUse => last_error = Some(err),
             Err(err) => return Err(format!("cannot bind {host}:{candidate}: {err}")),
@@ -100,7 +117,23 @@ pub async fn accept_loop(
     log::info!("stopped accepting connections");
 }
 
-/// The address a listener is bound to, for the first stdout line.
-pub fn local_addr(listener: &StdListener) -> io::Result<SocketAddr> {
-    listener.local_addr()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_moves_to_the_next() {
+        let host: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = bind_with_fallback(host, 0, 1).unwrap();
+        let taken = first.local_addr().unwrap().port();
+        if taken > u16::MAX - 5 {
+            return;
+        }
+        match bind_with_fallback(host, taken, 5) {
+            Ok(second) => assert!(second.local_addr().unwrap().port() > taken),
+            // The next ports may happen to be taken too; never the same one.
+            Err(reason) => assert!(reason.contains("no free port"), "{reason}"),
+        }
+        assert!(bind_with_fallback(host, taken, 1).is_err());
+    }
 }
