@@ -95,7 +95,9 @@ impl Conn {
                 .await
                 .map_err(|e| BenchError::io("read", e))?;
             if n == 0 {
-                return Err(BenchError::Closed("while waiting for a reply"));
+                return Err(BenchError::Closed(
+                    "while a reply was awaited; is a limit such as --max-conns-per-ip on?",
+                ));
             }
         }
     }
@@ -172,7 +174,7 @@ pub fn decode_frame(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Option
 pub fn parse_server_message(payload: &[u8]) -> Result<ServerMessage> {
     serde_json::from_slice(payload).map_err(|e| {
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
-        BenchError::Protocol(format!("malformed frame ({e}): {shown}"))
+        BenchError::Protocol(format!("malformed frame ({e}): {shown:?}"))
     })
 }
 

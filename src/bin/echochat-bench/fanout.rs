@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::conn::open_sessions;
 use crate::error::Result;
 use crate::load::{measure, ChatLoad, Counters, SendMode, STAMP_LEN};
+use crate::server::CpuMark;
 use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 
 /// Handshakes in flight while the clients connect.
@@ -25,7 +26,7 @@ async fn run_load(
     bench: &mut Bench,
     phase: Phase,
     mode: SendMode,
-) -> Result<(Counters, Duration, hdrhistogram::Histogram<u64>)> {
+) -> Result<(Counters, Duration, hdrhistogram::Histogram<u64>, String)> {
     let clients = bench.opts.clients.max(1);
     let senders = bench.opts.senders.clamp(1, clients);
     let accounts = bench.take_accounts(clients);
@@ -42,9 +43,11 @@ async fn run_load(
     );
     let load = ChatLoad::start(conns, senders, mode, bench.opts.size, bench.clock);
     tokio::time::sleep(seconds(bench.opts.warmup)).await;
-    let measured = measure(&load, seconds(bench.opts.duration)).await;
+    let cpu = CpuMark::now(bench.server_pid);
+    let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
+    let cpu_line = cpu.report();
     load.stop().await;
-    Ok(measured)
+    Ok((counters, elapsed, histogram, cpu_line))
 }
 
 /// The text size actually sent (never shorter than the stamp).
@@ -81,7 +84,8 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
             o.duration
         ),
     );
-    let (counters, elapsed, histogram) = run_load(bench, phase, SendMode::Window(o.window)).await?;
+    let (counters, elapsed, histogram, cpu) =
+        run_load(bench, phase, SendMode::Window(o.window)).await?;
     let secs = elapsed.as_secs_f64();
     let deliveries = counters.deliveries as f64 / secs;
     let messages = counters.acked as f64 / secs;
@@ -96,6 +100,7 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
         phase,
         format!("latency at peak: {}", percentiles(&histogram)),
     );
+    bench.say(phase, cpu);
     trouble(bench, phase, &counters);
     bench.summarize(format!("{:<38} {deliveries:.0}", "fanout deliveries/s"));
     bench.summarize(format!("{:<38} {messages:.0}", "fanout messages/s"));
@@ -124,17 +129,20 @@ pub async fn run_latency(bench: &mut Bench) -> Result<()> {
             o.duration
         ),
     );
-    let (counters, elapsed, histogram) = run_load(bench, phase, SendMode::Rate(o.rate)).await?;
+    let (counters, elapsed, histogram, cpu) =
+        run_load(bench, phase, SendMode::Rate(o.rate)).await?;
     let secs = elapsed.as_secs_f64();
     bench.say(
         phase,
         format!(
-            "achieved {:.0} messages/s, {:.0} deliveries/s",
+            "achieved {:.0} messages/s sent, {:.0} acknowledged, {:.0} deliveries/s",
+            counters.sent as f64 / secs,
             counters.acked as f64 / secs,
             counters.deliveries as f64 / secs
         ),
     );
     bench.say(phase, percentiles(&histogram));
+    bench.say(phase, cpu);
     trouble(bench, phase, &counters);
     bench.summarize(format!(
         "{:<38} {}",

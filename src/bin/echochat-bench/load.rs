@@ -55,9 +55,9 @@ pub enum SendMode {
     Rate(f64),
 }
 
-/// Counters the tasks add to and the controller reads; one cache line each would be
-/// nicer but the tasks only touch them once per read, not once per frame.
-pub struct LoadShared {
+/// What the connection tasks report to the controller. Tasks add to the counters once
+/// per read (not per frame), so sharing them across threads stays cheap.
+struct LoadShared {
     /// The run's clock: stamps are nanoseconds since this instant.
     clock: Instant,
     deliveries: AtomicU64,

@@ -12,6 +12,13 @@
 //! | `memory` | [`memory`] | server RSS per idle authenticated connection |
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
 //!
+//! ```text
+//! cargo build --release --bins
+//! target/release/echochat-bench                       # every phase, defaults
+//! target/release/echochat-bench --phase fanout,latency --clients 2000 --rate 1000
+//! target/release/echochat-bench --target 127.0.0.1:9090 --server-pid 1234
+//! ```
+//!
 //! Each figure is printed as a plain `phase: ...` line when measured, and again in a
 //! summary at the end. The generator shares the machine with the server, so it runs on a
 //! small tokio runtime (`--threads`, 2 by default), one task per connection, and parses
@@ -260,6 +267,20 @@ fn run_id() -> String {
     format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
 }
 
+/// The 1/5/15-minute load averages, printed because other work on the machine takes
+/// cores from both the server and the load generator.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Runs the whole benchmark; `Ok(false)` when a phase failed (its error was printed).
 async fn run(opts: Options) -> Result<bool> {
     if opts.size > echochat::protocol::MAX_TEXT_CHARS {
@@ -283,19 +304,23 @@ async fn run(opts: Options) -> Result<bool> {
         }),
     };
     // Owned here so it is stopped however this function ends.
-    let (server, addr, server_pid) = match (&opts.target, &launch) {
-        (Some(target), _) => (None, loopback_target(target)?, opts.server_pid),
-        (None, Some(launch)) => {
+    let (server, addr, server_pid) = match (&launch, &opts.target) {
+        (Some(launch), _) => {
             let server = ServerProcess::start(launch, "main")?;
             let (addr, pid) = (server.addr, server.pid());
             (Some(server), addr, Some(pid))
         }
-        (None, None) => unreachable!("a launch exists when there is no target"),
+        (None, target) => {
+            let target = target.as_deref().unwrap_or_default();
+            (None, loopback_target(target)?, opts.server_pid)
+        }
     };
     println!(
         "echochat-bench: {} cores, load generator on the same machine ({} worker threads), \
-         open-file limit {fd_limit}",
-        cores, opts.threads
+         open-file limit {fd_limit}, load average {}",
+        cores,
+        opts.threads,
+        load_average()
     );
     match &launch {
         Some(launch) => println!(
@@ -335,7 +360,9 @@ async fn run(opts: Options) -> Result<bool> {
     }
     println!(
         "summary ({cores} cores, load generator on the same machine, {} clients, {} senders, {}-byte texts):",
-        opts.clients, opts.senders, opts.size
+        opts.clients,
+        opts.senders.clamp(1, opts.clients.max(1)),
+        opts.size.max(load::STAMP_LEN)
     );
     for line in &bench.summary {
         println!("  {line}");

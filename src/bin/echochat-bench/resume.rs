@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::conn::{open_sessions, timed_session};
 use crate::error::{within, BenchError, Result};
 use crate::load::new_histogram;
+use crate::server::CpuMark;
 use crate::{percentiles, seconds, Bench, Phase};
 
 /// Time allowed to give every task's account a token before the measurement.
@@ -42,6 +43,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     };
 
     let addr = bench.addr;
+    let cpu = CpuMark::now(bench.server_pid);
     let started = Instant::now();
     let deadline = started + period;
     let mut set = JoinSet::new();
@@ -83,6 +85,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     })
     .await?;
     let elapsed = started.elapsed();
+    let cpu = cpu.report();
     let (total, histogram, accounts, failures) = collected;
     bench.return_accounts(accounts);
     let rate = total as f64 / elapsed.as_secs_f64();
@@ -94,6 +97,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         ),
     );
     bench.say(phase, format!("handshake: {}", percentiles(&histogram)));
+    bench.say(phase, cpu);
     if let Some(first) = failures.first() {
         bench.say(
             phase,

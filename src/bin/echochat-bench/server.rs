@@ -18,7 +18,7 @@ use crate::error::{BenchError, Result};
 /// How long a server may take to print its `listening on` line.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 /// How long a graceful `shutdown` may take before the server is killed.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -227,4 +227,61 @@ pub fn sibling_server_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     Ok(dir.join("echochat-server"))
+}
+
+/// CPU time (user + system) a process has used, in seconds, from `/proc/<pid>/stat`;
+/// `None` for this process. `None` back when it cannot be read (a `--target` server
+/// of another user, say), since CPU shares are context, not a figure.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+/// CPU used by the server and by the benchmark from one moment on.
+pub struct CpuMark {
+    at: Instant,
+    server_pid: Option<u32>,
+    server: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl CpuMark {
+    /// Starts counting for the server `server_pid` (if known) and this process.
+    pub fn now(server_pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            server_pid,
+            server: server_pid.and_then(|pid| cpu_seconds(Some(pid))),
+            bench: cpu_seconds(None),
+        }
+    }
+
+    /// `CPU: server 1.52 cores, bench 0.47 cores` since the mark: who was busy, so a
+    /// figure limited by the load generator is recognisable as such.
+    pub fn report(&self) -> String {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let share = |before: Option<f64>, now: Option<f64>| match (before, now) {
+            (Some(before), Some(now)) => format!("{:.2} cores", (now - before) / wall),
+            _ => "unknown".to_string(),
+        };
+        format!(
+            "CPU: server {}, bench {}",
+            share(
+                self.server,
+                self.server_pid.and_then(|pid| cpu_seconds(Some(pid)))
+            ),
+            share(self.bench, cpu_seconds(None))
+        )
+    }
 }

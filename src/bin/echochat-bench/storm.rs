@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::conn::{open_chains, open_sessions, Account, Conn, PASSWORD};
 use crate::error::{within, BenchError, Result};
 use crate::load::{measure, new_histogram, ChatLoad, SendMode};
-use crate::server::ServerProcess;
+use crate::server::{CpuMark, ServerProcess};
 use crate::{percentiles, seconds, Bench, Phase};
 
 /// Accounts the chat clients share (each registration is slow; connections are not).
@@ -100,9 +100,11 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
 
     load.record(true);
     let before = load.counters();
+    let cpu = CpuMark::now(server.as_ref().map_or(bench.server_pid, |s| Some(s.pid())));
     let storm_started = Instant::now();
     let storm = storm_logins(addr, storm_accounts).await;
     let storm_took = storm_started.elapsed();
+    let cpu = cpu.report();
     let during_counters = load.counters().since(&before);
     load.record(false);
     let during = load.histogram();
@@ -122,6 +124,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         phase,
         format!("chat during the storm: {}", percentiles(&during)),
     );
+    bench.say(phase, format!("during the storm {cpu}"));
     if during_counters.lost > 0 || during_counters.errors > 0 {
         bench.say(
             phase,
