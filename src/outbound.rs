@@ -221,6 +221,7 @@ pub async fn run_writer(
         ring: None,
         ring_wakeup: None,
         buf: BytesMut::new(),
+        written: 0,
         closing: false,
         send_queue,
     };
@@ -249,6 +250,8 @@ struct Writer {
     /// This thread's ring relay, once subscribed.
     ring_wakeup: Option<Rc<Notify>>,
     buf: BytesMut,
+    /// How much of `buf` the socket has taken.
+    written: usize,
     closing: bool,
     send_queue: u64,
 }
@@ -389,15 +392,19 @@ impl Writer {
     }
 
     /// Writes the buffer out, watching the unsent bytes while the socket is blocked.
+    ///
+    /// The buffer is consumed by an offset and cleared at the end rather than split:
+    /// splitting would leave the emptied buffer pinning its whole allocation (a
+    /// history frame's worth on every idle connection) while reporting no capacity.
     async fn write_out(&mut self) -> Result<(), WriterEnd> {
         let mut blocked_since: Option<tokio::time::Instant> = None;
-        while !self.buf.is_empty() {
-            match self.socket.try_write(&self.buf) {
+        while self.written < self.buf.len() {
+            match self.socket.try_write(&self.buf[self.written..]) {
                 Ok(0) => {
                     return Err(WriterEnd::Io(io::ErrorKind::WriteZero.into()));
                 }
                 Ok(n) => {
-                    let _ = self.buf.split_to(n);
+                    self.written += n;
                     blocked_since = None;
                     continue;
                 }
@@ -420,12 +427,15 @@ impl Writer {
                 }
             }
         }
+        self.buf.clear();
+        self.written = 0;
         Ok(())
     }
 
     /// Bytes meant for this connection and not yet handed to the kernel.
     fn unsent_bytes(&self) -> u64 {
-        self.buf.len() as u64 + self.ring.as_ref().map_or(0, Subscription::lag_bytes)
+        (self.buf.len() - self.written) as u64
+            + self.ring.as_ref().map_or(0, Subscription::lag_bytes)
     }
 }
 
