@@ -263,9 +263,6 @@ impl Writer {
                 if self.closing {
                     return WriterEnd::Closed;
                 }
-                if self.buf.capacity() > IDLE_BUFFER_KEEP {
-                    self.buf = BytesMut::new();
-                }
                 if let Err(end) = self.wait_for_output(queue).await {
                     return end;
                 }
@@ -293,6 +290,11 @@ impl Writer {
         }
         if self.take_one_from_ring()? {
             return Ok(());
+        }
+        // Really idle now: give back a buffer that grew under load. (Releasing it
+        // whenever it is empty would regrow it, copy by copy, on every wakeup.)
+        if self.buf.capacity() > IDLE_BUFFER_KEEP {
+            self.buf = BytesMut::new();
         }
         let ring_notified = async {
             match notified.as_mut().as_pin_mut() {
