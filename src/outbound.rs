@@ -334,25 +334,29 @@ impl Writer {
     }
 
     /// Moves everything already waiting into the buffer, up to [`COALESCE_BYTES`].
+    ///
+    /// Ring frames go first: they were published before anything now in the direct
+    /// queue was answered (a `who` asked right after a `say` comes after its echo).
     fn gather(&mut self, queue: &mut mpsc::Receiver<Outbound>) -> Result<(), WriterEnd> {
-        while self.buf.len() < COALESCE_BYTES && !self.closing {
-            match queue.try_recv() {
-                Ok(item) => self.apply(item),
-                Err(_) => break,
+        let mut progressed = true;
+        while progressed && self.buf.len() < COALESCE_BYTES && !self.closing {
+            progressed = false;
+            while self.buf.len() < COALESCE_BYTES && self.take_one_from_ring()? {
+                progressed = true;
             }
-        }
-        while self.buf.len() < COALESCE_BYTES && !self.closing {
-            let Some(ring) = self.ring.as_mut() else {
-                break;
-            };
-            match ring.receiver.try_recv() {
-                Ok(item) => self.take_ring(Ok(item))?,
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    return Err(lagged(n));
-                }
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    self.ring = None;
+            while self.buf.len() < COALESCE_BYTES && !self.closing {
+                match queue.try_recv() {
+                    Ok(item) => {
+                        let subscribed = matches!(item, Outbound::Subscribe(_));
+                        self.apply(item);
+                        progressed = true;
+                        if subscribed {
+                            // What the new subscription already holds came before
+                            // whatever is queued after it.
+                            break;
+                        }
+                    }
+                    Err(_) => break,
                 }
             }
         }
