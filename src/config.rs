@@ -1,14 +1,14 @@
 //! The server's command line: every flag of the contract, each also readable from an
-//! `ECHOCHAT_*` environment variable (the flag wins), plus the interactive port prompt.
+//! `ECHOCHAT_*` environment variable (the flag wins). The port prompt is the client's
+//! (`client::prompt::ask_port`): both binaries ask it the same way.
 
-use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
-/// Default first port to try.
+/// Default port of the server, and the client's default too.
 pub const DEFAULT_PORT: u16 = 9090;
 
 /// How many ports are tried, starting at the given one, before giving up.
@@ -117,74 +117,9 @@ impl ServerConfig {
     }
 }
 
-/// Parses one answer to a `Port [9090]: ` prompt: empty means the default.
-pub fn parse_port_answer(answer: &str, default: u16) -> Result<u16, String> {
-    let answer = answer.trim();
-    if answer.is_empty() {
-        return Ok(default);
-    }
-    match answer.parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
-        Ok(_) => Err(format!("{answer} is out of range: a port is 1 to 65535")),
-        Err(_) => Err(format!("{answer:?} is not a port number (1 to 65535)")),
-    }
-}
-
-/// Asks for a port until the answer is valid; end of input takes the default.
-///
-/// Generic over its streams so that the loop is unit-tested; the server passes stdin
-/// and stderr.
-pub fn prompt_port(input: &mut impl BufRead, output: &mut impl Write, default: u16) -> u16 {
-    loop {
-        // A console that cannot be written to still gets the default.
-        let _ = write!(output, "Port [{default}]: ");
-        let _ = output.flush();
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => {
-                let _ = writeln!(output);
-                return default;
-            }
-            Ok(_) => match parse_port_answer(&line, default) {
-                Ok(port) => return port,
-                Err(reason) => {
-                    let _ = writeln!(output, "{reason}");
-                }
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_answers() {
-        assert_eq!(parse_port_answer("", 9090), Ok(9090));
-        assert_eq!(parse_port_answer("  \n", 9090), Ok(9090));
-        assert_eq!(parse_port_answer("8080\n", 9090), Ok(8080));
-        assert_eq!(parse_port_answer("65535", 9090), Ok(65535));
-        assert!(parse_port_answer("0", 9090).is_err());
-        assert!(parse_port_answer("65536", 9090).is_err());
-        assert!(parse_port_answer("-1", 9090).is_err());
-        assert!(parse_port_answer("80a", 9090).is_err());
-        assert!(parse_port_answer("99999999999999999999", 9090).is_err());
-    }
-
-    #[test]
-    fn prompt_asks_again_after_junk_and_defaults_on_eof() {
-        let mut out = Vec::new();
-        let port = prompt_port(&mut &b"junk\n70000\n1234\n"[..], &mut out, 9090);
-        assert_eq!(port, 1234);
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.matches("Port [9090]: ").count(), 3);
-        assert!(text.contains("not a port number"));
-        assert!(text.contains("out of range"));
-
-        let mut out = Vec::new();
-        assert_eq!(prompt_port(&mut &b"junk\n"[..], &mut out, 9090), 9090);
-    }
 
     #[test]
     fn flags_parse_and_validate() {

@@ -16,7 +16,8 @@ use echochat::actors::admin_console::{spawn_stdin_reader, AdminConsole};
 use echochat::actors::chat_server::{ChatServer, ChatSettings, Shutdown};
 use echochat::actors::persistence::{load_history, load_identities, Persistence, StatePaths};
 use echochat::actors::session::SessionSettings;
-use echochat::config::{prompt_port, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use echochat::client::prompt::ask_port;
+use echochat::config::{ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
 use echochat::listener::{accept_loop, bind_with_fallback};
 use echochat::logging;
 
@@ -51,11 +52,13 @@ fn run(config: ServerConfig) -> Result<(), String> {
 
     let port = match config.port {
         Some(port) => port,
-        None if std::io::stdin().is_terminal() => prompt_port(
+        // A console that cannot be read or written still gets the default.
+        None if std::io::stdin().is_terminal() => ask_port(
             &mut std::io::stdin().lock(),
             &mut std::io::stderr(),
             DEFAULT_PORT,
-        ),
+        )
+        .unwrap_or(DEFAULT_PORT),
         None => DEFAULT_PORT,
     };
     let listener = bind_with_fallback(config.host, port, PORT_ATTEMPTS)?;

@@ -13,8 +13,8 @@ use clap::Parser;
 /// Host asked for by default: a server on this machine.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
-/// The server's default port (SPEC §1).
-pub const DEFAULT_PORT: u16 = 9090;
+/// The server's default port.
+pub use crate::config::DEFAULT_PORT;
 
 /// `echochat [--host H] [--port P] [--name NAME] [--token-file PATH]`
 #[derive(Debug, Clone, Parser)]

@@ -1,5 +1,5 @@
 //! Questions asked on a terminal before the chat starts: host, port, name, password,
-//! yes/no.
+//! yes/no. The server asks its `Port [9090]: ` with [`ask_port`] too.
 //!
 //! Each is a plain function over a reader and a writer, so the rules (empty input takes
 //! the default, junk is refused with a one-line reason and asked again, end of input
