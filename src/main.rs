@@ -22,7 +22,10 @@ use echochat::listener::{accept_loop, bind_with_fallback};
 use echochat::logging;
 
 fn main() -> ExitCode {
-    let config = ServerConfig::parse();
+    let config = match ServerConfig::try_parse() {
+        Ok(config) => config,
+        Err(err) => return report_bad_command_line(err),
+    };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
@@ -30,6 +33,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` print as usual; a bad flag gets one line on stderr.
+fn report_bad_command_line(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = err.to_string();
+    let reason = text
+        .lines()
+        .next()
+        .unwrap_or("bad command line")
+        .trim_start_matches("error: ");
+    eprintln!("echochat-server: {reason} (see --help)");
+    ExitCode::from(2)
 }
 
 /// Start-up steps that can fail with a one-line reason, then the actor system.
