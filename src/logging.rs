@@ -10,13 +10,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use env_logger::{Builder, Env, Target};
+use env_logger::{Builder, Env, Target, WriteStyle};
 
 /// Sends log records to `path` (created if missing). Fails if the file cannot be opened.
 pub fn init(path: &Path) -> io::Result<()> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;
     Builder::from_env(Env::default().default_filter_or("info"))
         .target(Target::Pipe(Box::new(LogFile(file))))
+        // A file never wants colour, and skipping it skips stripping it per line.
+        .write_style(WriteStyle::Never)
         .format(|buf, record| {
             writeln!(
                 buf,
