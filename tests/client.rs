@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{unique_name, TestServer, RECV_TIMEOUT};
+use common::{collect_pipe, unique_name, without_echochat_env, TestServer, RECV_TIMEOUT};
 use serde_json::Value;
 
 /// How long a client run may take before the test calls it hung.
@@ -40,25 +40,8 @@ fn client_command(port: u16, token_file: &Path, extra: &[&str]) -> Command {
     ])
     .arg(token_file)
     .args(extra);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ECHOCHAT_") {
-            cmd.env_remove(key);
-        }
-    }
+    without_echochat_env(&mut cmd);
     cmd
-}
-
-/// Reads a child's pipe on a thread into a shared buffer.
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&buf);
-    thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
 }
 
 fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
@@ -84,7 +67,7 @@ impl ScriptedClient {
             .expect("spawn echochat");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
-        let stderr = collect(child.stderr.take().unwrap());
+        let stderr = collect_pipe(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut reader = std::io::BufReader::new(stdout);
@@ -647,11 +630,7 @@ fn scripted_host_and_port_from_the_environment() {
     let t = temp();
     let name = unique_name("pia");
     let mut cmd = Command::new(client_bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ECHOCHAT_") {
-            cmd.env_remove(key);
-        }
-    }
+    without_echochat_env(&mut cmd);
     let mut child = cmd
         .env("ECHOCHAT_HOST", "127.0.0.1")
         .env("ECHOCHAT_PORT", server.port().to_string())
@@ -690,11 +669,7 @@ mod terminal {
             .arg(client_bin())
             .args(args)
             .env("TERM", "xterm");
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ECHOCHAT_") {
-                cmd.env_remove(key);
-            }
-        }
+        without_echochat_env(&mut cmd);
         let options = Options::default()
             .timeout_ms(Some(RUN_TIMEOUT.as_millis() as u64))
             .strip_ansi_escape_codes(true);

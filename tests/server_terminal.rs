@@ -27,11 +27,7 @@ fn asks_for_the_port_on_a_terminal_and_refuses_junk() {
         "--state-dir",
     ])
     .arg(state.path());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ECHOCHAT_") {
-            cmd.env_remove(key);
-        }
-    }
+    without_echochat_env(&mut cmd);
     let options = Options::default().timeout_ms(Some(START_TIMEOUT.as_millis() as u64));
     let mut p = spawn_with_options(cmd, options).expect("spawn the server on a pty");
 

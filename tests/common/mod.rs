@@ -88,6 +88,13 @@ fn command_line(state_dir: &Path, args: &[&str], omit: &[&str]) -> Vec<String> {
 fn server_command(argv: &[String]) -> Command {
     let mut cmd = Command::new(server_bin());
     cmd.args(argv);
+    without_echochat_env(&mut cmd);
+    cmd
+}
+
+/// Removes every `ECHOCHAT_*` variable of the test run from a child's environment, so
+/// that only the flags a test passes configure it.
+pub fn without_echochat_env(cmd: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ECHOCHAT_") {
             cmd.env_remove(key);
@@ -97,7 +104,7 @@ fn server_command(argv: &[String]) -> Command {
 }
 
 /// Collects everything a child writes on a pipe into a shared buffer.
-fn collect_pipe(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+pub fn collect_pipe(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&buf);
     thread::spawn(move || {
