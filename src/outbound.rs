@@ -48,7 +48,7 @@ const IDLE_BUFFER_KEEP: usize = 4 * 1024;
 /// How often a writer blocked on its socket re-checks its unsent bytes.
 const BLOCKED_CHECK: Duration = Duration::from_millis(100);
 
-/// How long a closing writer keeps trying to deliver its last frames.
+/// How long a closing connection may take to deliver its last frames before it is cut.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One frame on the ring.
@@ -134,6 +134,9 @@ pub enum Outbound {
 pub struct Outbox {
     sender: mpsc::Sender<Outbound>,
     abort: CancellationToken,
+    /// Raised with [`Outbox::close`]: a writer blocked on a reader that stopped
+    /// reading sees it without reaching the `Close` in its queue.
+    close_requested: CancellationToken,
 }
 
 impl Outbox {
@@ -147,8 +150,10 @@ impl Outbox {
         self.push(Outbound::Subscribe(subscription));
     }
 
-    /// Delivers what is queued, then closes.
+    /// Delivers what is queued, then closes; a connection that cannot take its last
+    /// frames within [`CLOSE_DEADLINE`] is cut.
     pub fn close(&self) {
+        self.close_requested.cancel();
         self.push(Outbound::Close);
     }
 
@@ -191,17 +196,29 @@ pub enum WriterEnd {
 
 /// Creates a session's direct queue: the [`Outbox`] for producers and the receiving
 /// half for [`run_writer`].
-pub fn direct_queue() -> (Outbox, mpsc::Receiver<Outbound>, CancellationToken) {
+pub fn direct_queue() -> (Outbox, WriterQueue) {
     let (sender, receiver) = mpsc::channel(DIRECT_QUEUE);
     let abort = CancellationToken::new();
+    let close_requested = CancellationToken::new();
     (
         Outbox {
             sender,
             abort: abort.clone(),
+            close_requested: close_requested.clone(),
         },
-        receiver,
-        abort,
+        WriterQueue {
+            receiver,
+            abort,
+            close_requested,
+        },
     )
+}
+
+/// The writer's end of a session's direct queue, with the signals that go with it.
+pub struct WriterQueue {
+    receiver: mpsc::Receiver<Outbound>,
+    abort: CancellationToken,
+    close_requested: CancellationToken,
 }
 
 /// Writes a session's frames to its socket until closed, aborted or failed.
@@ -210,14 +227,19 @@ pub fn direct_queue() -> (Outbox, mpsc::Receiver<Outbound>, CancellationToken) {
 pub async fn run_writer(
     session: SessionId,
     socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outbound>,
-    abort: CancellationToken,
+    queue: WriterQueue,
     send_queue: u64,
 ) -> WriterEnd {
+    let WriterQueue {
+        receiver: mut queue,
+        abort,
+        close_requested,
+    } = queue;
     let mut writer = Writer {
         session,
         socket,
         abort,
+        close_requested,
         ring: None,
         ring_wakeup: None,
         buf: BytesMut::new(),
@@ -246,6 +268,7 @@ struct Writer {
     session: SessionId,
     socket: OwnedWriteHalf,
     abort: CancellationToken,
+    close_requested: CancellationToken,
     ring: Option<Subscription>,
     /// This thread's ring relay, once subscribed.
     ring_wakeup: Option<Rc<Notify>>,
@@ -427,7 +450,8 @@ impl Writer {
                     if self.send_queue > 0 && unsent > self.send_queue {
                         return Err(WriterEnd::SendQueueFull(unsent));
                     }
-                    if self.closing && since.elapsed() > CLOSE_DEADLINE {
+                    let closing = self.closing || self.close_requested.is_cancelled();
+                    if closing && since.elapsed() > CLOSE_DEADLINE {
                         return Err(WriterEnd::CloseTimedOut);
                     }
                 }

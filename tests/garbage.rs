@@ -118,3 +118,45 @@ fn two_thousand_simultaneous_connections_are_greeted() {
         c.recv_type("pong");
     }
 }
+
+#[test]
+fn a_reader_stuck_below_the_send_queue_is_still_closed_by_its_idle_timeout() {
+    // No byte limit: only the idle timeout can end this connection.
+    let mut server = TestServer::start_with(&[
+        "--msg-rate",
+        "0",
+        "--send-queue",
+        "0",
+        "--idle-timeout",
+        "2",
+    ]);
+    let (stuck, _) = registered(&server, &unique_name("stuck"), PW);
+    socket2::SockRef::from(stuck.stream())
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let (mut flooder, _) = registered(&server, &unique_name("flood"), PW);
+    // More than the kernel buffers between them hold, well within the ring: the writer
+    // towards `stuck`, which never reads, blocks with output pending.
+    let text = "x".repeat(4000);
+    for _ in 0..4000 {
+        flooder.send(&json!({"type":"say","text":text}));
+        flooder.recv_matching("echo", |v| v["type"] == "message");
+    }
+    // `stuck` sends nothing and reads nothing. Once its idle timeout and the close
+    // grace have passed, the server holds only the flooder's connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        flooder.send(&json!({"type":"ping"}));
+        flooder.recv_matching("pong", |v| v["type"] == "pong");
+        let status = server.admin_output("status").join("\n");
+        if status.contains("connections: 1 ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck reader was never closed: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(stuck);
+}

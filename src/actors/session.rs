@@ -90,6 +90,8 @@ pub struct Session {
     bucket: TokenBucket,
     /// `say` requests sent to `ChatServer` and not yet taken.
     says_in_flight: usize,
+    /// Set once the connection has been asked to close.
+    closing: bool,
 }
 
 impl Session {
@@ -114,6 +116,7 @@ impl Session {
             last_heard: Instant::now(),
             bucket,
             says_in_flight: 0,
+            closing: false,
         }
     }
 
@@ -131,8 +134,11 @@ impl Session {
         self.reply(&ServerMessage::error(code, message));
     }
 
-    /// Deliver what is queued, then close.
-    fn close(&self) {
+    /// Deliver what is queued, then close (once).
+    fn close(&mut self, _: &mut Context<Self>) {
+        if std::mem::replace(&mut self.closing, true) {
+            return;
+        }
         if let Some(outbox) = &self.outbox {
             outbox.close();
         }
@@ -174,10 +180,10 @@ impl Session {
                 self.server
                     .send(Logout { id: self.id })
                     .into_actor(self)
-                    .map(|_, act, _| act.close())
+                    .map(|_, act, ctx| act.close(ctx))
                     .wait(ctx);
             }
-            (Stage::User(_), ClientMessage::Quit) => self.close(),
+            (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
         }
     }
 
@@ -234,27 +240,27 @@ impl Session {
 
     fn start_timers(&mut self, ctx: &mut Context<Self>) {
         if let Some(limit) = self.settings.auth_timeout {
-            ctx.run_later(limit, move |act, _| {
+            ctx.run_later(limit, move |act, ctx| {
                 if !matches!(act.stage, Stage::User(_)) {
                     log::info!(
                         "session {} from {}: not authenticated within {limit:?}, closing",
                         act.id,
                         act.peer
                     );
-                    act.close();
+                    act.close(ctx);
                 }
             });
         }
         if let Some(limit) = self.settings.idle_timeout {
             self.last_heard = Instant::now();
-            ctx.run_interval(IDLE_CHECK.min(limit), move |act, _| {
-                if act.last_heard.elapsed() >= limit {
+            ctx.run_interval(IDLE_CHECK.min(limit), move |act, ctx| {
+                if act.last_heard.elapsed() >= limit && !act.closing {
                     log::info!(
                         "session {} from {}: idle for {limit:?}, closing",
                         act.id,
                         act.peer
                     );
-                    act.close();
+                    act.close(ctx);
                 }
             });
         }
@@ -284,10 +290,10 @@ impl Actor for Session {
         };
         let (reader, writer) = stream.into_split();
         self.reader = Some(reader);
-        let (outbox, queue, abort) = direct_queue();
+        let (outbox, queue) = direct_queue();
         self.outbox = Some(outbox.clone());
         let me = ctx.address();
-        let writer = run_writer(self.id, writer, queue, abort, self.settings.send_queue);
+        let writer = run_writer(self.id, writer, queue, self.settings.send_queue);
         actix::spawn(async move {
             let end = writer.await;
             me.do_send(WriterFinished(end));
@@ -301,7 +307,11 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.close();
+        // The session stops once its writer has finished or its socket has failed:
+        // nothing is left to deliver.
+        if let Some(outbox) = &self.outbox {
+            outbox.abort();
+        }
         self.server.do_send(Disconnect { id: self.id });
     }
 }
@@ -369,7 +379,7 @@ impl StreamHandler<Result<Bytes, FrameError>> for Session {
             Err(err @ FrameError::TooLarge { .. }) => {
                 log::warn!("session {} from {}: {err}; closing", self.id, self.peer);
                 self.reply_error(ErrorCode::FrameTooLarge, err.to_string());
-                self.close();
+                self.close(ctx);
             }
             Err(FrameError::Io(err)) => {
                 log::info!("session {} from {}: read failed: {err}", self.id, self.peer);
@@ -378,10 +388,10 @@ impl StreamHandler<Result<Bytes, FrameError>> for Session {
         }
     }
 
-    fn finished(&mut self, _: &mut Self::Context) {
+    fn finished(&mut self, ctx: &mut Self::Context) {
         // The peer closed its side (or the stream failed): let the writer deliver what
         // is queued, then it ends the session.
-        self.close();
+        self.close(ctx);
     }
 }
 
