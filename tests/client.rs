@@ -676,6 +676,20 @@ mod terminal {
         spawn_with_options(cmd, options).expect("spawn echochat on a pty")
     }
 
+    /// The client on a pseudo-terminal, pointed at `server` with its own token file.
+    fn spawn_tty_on(server: &TestServer, tokens: &Path) -> PtySession {
+        let port = server.port().to_string();
+        let token_file = tokens.to_string_lossy().into_owned();
+        spawn_tty(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--token-file",
+            &token_file,
+        ])
+    }
+
     /// Everything the session printed up to and including `needle`.
     fn expect(p: &mut PtySession, seen: &mut String, needle: &str) {
         match p.exp_string(needle) {
@@ -773,17 +787,9 @@ mod terminal {
         )
         .assert_success();
         let port = server.port().to_string();
-        let token_file = t.tokens.to_string_lossy().into_owned();
 
         // With the token: no password asked, history shown.
-        let mut p = spawn_tty(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--token-file",
-            &token_file,
-        ]);
+        let mut p = spawn_tty_on(&server, &t.tokens);
         let mut seen = String::new();
         expect(&mut p, &mut seen, &format!("Welcome back, {name}."));
         expect(&mut p, &mut seen, &format!("{name}: earlier"));
@@ -842,15 +848,7 @@ mod terminal {
             &format!("{name}\npassword1\n"),
         )
         .assert_success();
-        let token_file = t.tokens.to_string_lossy().into_owned();
-        let mut p = spawn_tty(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--token-file",
-            &token_file,
-        ]);
+        let mut p = spawn_tty_on(&server, &t.tokens);
         let mut seen = String::new();
         expect(&mut p, &mut seen, &format!("Welcome back, {name}."));
         expect(&mut p, &mut seen, &format!("{name}> "));
@@ -898,16 +896,7 @@ mod terminal {
     fn ctrl_c_at_the_password_prompt_exits_and_restores_echo() {
         let server = TestServer::start();
         let t = temp();
-        let port = server.port().to_string();
-        let token_file = t.tokens.to_string_lossy().into_owned();
-        let mut p = spawn_tty(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--token-file",
-            &token_file,
-        ]);
+        let mut p = spawn_tty_on(&server, &t.tokens);
         let mut seen = String::new();
         expect(&mut p, &mut seen, "Name: ");
         p.send_line(&unique_name("quinn")).unwrap();
@@ -933,16 +922,7 @@ mod terminal {
             &format!("{name}\npassword1\n"),
         )
         .assert_success();
-        let port = server.port().to_string();
-        let token_file = t.tokens.to_string_lossy().into_owned();
-        let mut p = spawn_tty(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--token-file",
-            &token_file,
-        ]);
+        let mut p = spawn_tty_on(&server, &t.tokens);
         let mut seen = String::new();
         expect(&mut p, &mut seen, &format!("{name}> "));
         for c in "half-typed".chars() {
