@@ -1,4 +1,5 @@
-//! Credentials: name and password rules, PBKDF2 password hashes, session tokens.
+//! Credentials: password rules, PBKDF2 password hashes, session tokens. (Name rules
+//! live in [`crate::names`] and are re-exported here.)
 //!
 //! Pure functions with no actor code. Hashing is deliberately slow (that is its job),
 //! so callers run [`hash_password`] and [`verify_password`] on a blocking pool, never
@@ -10,14 +11,12 @@ use pbkdf2::{Algorithm, Params, Pbkdf2};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-/// Longest name, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
+pub use crate::names::{is_valid_name, name_key, MAX_NAME_CHARS, SERVER_NAME};
+
 /// Shortest password, in bytes.
 pub const MIN_PASSWORD_BYTES: usize = 4;
 /// Longest password, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
-/// The name the admin speaks under; nobody may register it.
-pub const SERVER_NAME: &str = "server";
 /// Salt length in bytes (128 bits, as NIST SP 800-132 recommends at least).
 const SALT_BYTES: usize = 16;
 /// Token length in bytes (256 bits).
@@ -32,24 +31,14 @@ pub enum HashError {
     Stored(String),
 }
 
-/// Whether `name` may be registered: 1–32 characters, each a Unicode letter, digit,
-/// `_`, `-` or `.`.
-pub fn is_valid_name(name: &str) -> bool {
-    let count = name.chars().count();
-    (1..=MAX_NAME_CHARS).contains(&count)
-        && name
-            .chars()
-            .all(|c| c.is_alphabetic() || c.is_numeric() || matches!(c, '_' | '-' | '.'))
-}
-
 /// Whether `password` has an acceptable length (4–1024 bytes).
 pub fn is_valid_password(password: &str) -> bool {
     (MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len())
 }
 
-/// The key under which a name is unique: names are unique ignoring case.
-pub fn name_key(name: &str) -> String {
-    name.to_lowercase()
+/// The password rule, in a sentence, for error messages and prompts.
+pub fn password_rule() -> String {
+    format!("a password is {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes")
 }
 
 /// Hashes `password` with a fresh random salt into a PHC string
@@ -71,14 +60,6 @@ pub fn verify_password(password: &str, phc: &str) -> Result<bool, HashError> {
     Ok(Pbkdf2::default()
         .verify_password(password.as_bytes(), &hash)
         .is_ok())
-}
-
-/// A hash of a password nobody knows, checked against when the user does not exist so
-/// that an unknown name costs the same time as a wrong password.
-pub fn decoy_hash(rounds: u32) -> Result<String, HashError> {
-    let mut secret = [0u8; TOKEN_BYTES];
-    rand::rng().fill_bytes(&mut secret);
-    hash_password(&to_hex(&secret), rounds)
 }
 
 /// A new session token: 256 bits from the OS-seeded CSPRNG, hex-encoded.
@@ -107,20 +88,6 @@ fn to_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn name_rules() {
-        assert!(is_valid_name("alice"));
-        assert!(is_valid_name("Zoë_9-x.y"));
-        assert!(is_valid_name("名前"));
-        assert!(is_valid_name(&"é".repeat(32)));
-        assert!(!is_valid_name(""));
-        assert!(!is_valid_name(&"a".repeat(33)));
-        assert!(!is_valid_name("a b"));
-        assert!(!is_valid_name("a@b"));
-        assert!(!is_valid_name("a\u{0}"));
-        assert_eq!(name_key("ÀliCE"), "àlice");
-    }
 
     #[test]
     fn password_rules_count_bytes() {

@@ -66,9 +66,19 @@ pub struct ServerConfig {
     #[arg(long, env = "ECHOCHAT_MSG_RATE", default_value_t = 20)]
     pub msg_rate: u32,
 
-    /// Failed authentications per minute per IP before `rate_limited` (0 = no limit).
+    /// Wrong guesses (bad passwords, invalid tokens) per minute per IP, and per account,
+    /// before `rate_limited` (0 = no limit).
     #[arg(long, env = "ECHOCHAT_LOGIN_RATE", default_value_t = 10)]
     pub login_rate: u32,
+
+    /// New accounts per hour per IP before `rate_limited` (0 = no limit).
+    #[arg(long, env = "ECHOCHAT_REGISTER_RATE", default_value_t = 20)]
+    pub register_rate: u32,
+
+    /// Authentications per second per IP, bursts up to five times that; more are
+    /// answered late, not refused (0 = no pacing).
+    #[arg(long, env = "ECHOCHAT_AUTH_RATE", default_value_t = 20)]
+    pub auth_rate: u32,
 
     /// Seconds a greeted connection may stay unauthenticated (0 = no limit).
     #[arg(long, env = "ECHOCHAT_AUTH_TIMEOUT", default_value_t = 60)]

@@ -13,13 +13,17 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use echochat::actors::admin_console::{spawn_stdin_reader, AdminConsole};
-use echochat::actors::chat_server::{ChatServer, ChatSettings, Shutdown};
-use echochat::actors::persistence::{load_history, load_identities, Persistence, StatePaths};
+use echochat::actors::chat_server::{ChatServer, ChatSettings, History, Shutdown};
+use echochat::actors::persistence::{Persistence, StatePaths};
 use echochat::actors::session::SessionSettings;
 use echochat::client::prompt::ask_port;
 use echochat::config::{ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
-use echochat::listener::{accept_loop, bind_with_fallback};
-use echochat::logging;
+use echochat::history_file::{
+    load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
+};
+use echochat::identity_file::IdentityFile;
+use echochat::listener::{self, accept_loop, bind_with_fallback, ConnectionSlots};
+use echochat::{logging, state_files};
 
 fn main() -> ExitCode {
     let config = match ServerConfig::try_parse() {
@@ -59,19 +63,58 @@ fn report_bad_command_line(err: clap::Error) -> ExitCode {
 fn run(config: ServerConfig) -> Result<(), String> {
     config.validate()?;
     let paths = StatePaths::new(&config.state_dir);
-    std::fs::create_dir_all(&paths.dir)
-        .map_err(|e| format!("state folder {} unusable: {e}", paths.dir.display()))?;
+    let folder = paths.dir.display().to_string();
+    state_files::create_private_dir(&paths.dir)
+        .map_err(|e| format!("state folder {folder} unusable: {e}"))?;
+    // Held until the process ends: a second server on this folder is refused.
+    let _lock = state_files::lock_folder(&paths.dir)
+        .map_err(|e| format!("state folder {folder} unusable: {e}"))?;
     logging::init(&paths.log)
         .map_err(|e| format!("log file {} unusable: {e}", paths.log.display()))?;
 
-    let identities = load_identities(&paths.users).map_err(|e| e.to_string())?;
-    let history = load_history(&paths.history, config.history).map_err(|e| e.to_string())?;
-    if history.dropped_torn_line {
+    let recovered = IdentityFile::open(&paths.users, &paths.journal).map_err(|e| e.to_string())?;
+    if recovered.replayed > 0 {
+        log::info!(
+            "{} identity changes replayed from {}",
+            recovered.replayed,
+            paths.journal.display()
+        );
+    }
+    if recovered.dropped_torn_line {
+        log::warn!(
+            "{}: an incomplete last line (interrupted write) was dropped",
+            paths.journal.display()
+        );
+    }
+    for name in &recovered.key_clashes {
+        log::warn!("account {name} now compares equal to another account's name; kept apart");
+    }
+    let loaded = load_history(&paths.history, config.history).map_err(|e| e.to_string())?;
+    if loaded.dropped_torn_line {
         log::warn!(
             "{}: an incomplete last line (interrupted write) was dropped",
             paths.history.display()
         );
     }
+    // Ids a crashed run may have sent are skipped, never given again.
+    let reserved = load_reserved_ids(&paths.ids).map_err(|e| e.to_string())?;
+    let next_id = loaded.last_id.max(reserved) + 1;
+    let reserved_through = (next_id - 1 + ID_BLOCK).min(MAX_MESSAGE_ID);
+    store_reserved_ids(&paths.ids, reserved_through)
+        .map_err(|e| format!("{} unusable: {e}", paths.ids.display()))?;
+    let history = History::new(config.history, loaded.recent, next_id, reserved_through);
+
+    let capacity = listener::connection_capacity();
+    let max_conns = match (config.max_conns, capacity) {
+        (0, Some(capacity)) => capacity,
+        (configured, Some(capacity)) if capacity < configured => {
+            log::warn!(
+                "--max-conns lowered from {configured} to {capacity}: that is what the open-file limit leaves"
+            );
+            capacity
+        }
+        (configured, _) => configured,
+    };
 
     let port = match config.port {
         Some(port) => port,
@@ -98,28 +141,28 @@ fn run(config: ServerConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     log::info!(
-        "listening on {address} (state in {}, {} users, next message id {})",
+        "listening on {address} (state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections)",
         paths.dir.display(),
-        identities.users.len(),
-        history.next_id
+        recovered.identities.users.len(),
     );
 
+    let identities = recovered.identities;
+    let identity_file = recovered.file;
     let system = System::new();
     let started: Result<(), String> = system.block_on(async move {
         let stop_accepting = CancellationToken::new();
         let persistence = Persistence::start_in_arbiter(&Arbiter::new().handle(), {
             let paths = paths.clone();
-            move |_| Persistence::new(paths)
+            move |_| Persistence::new(paths, identity_file)
         });
         let chat = ChatServer::new(
-            ChatSettings::from_config(&config),
+            ChatSettings::from_config(&config, max_conns),
             identities,
             history,
             persistence.clone(),
             stop_accepting.clone(),
             address,
-        )
-        .map_err(|e| e.to_string())?;
+        );
         let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), move |_| chat);
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -131,10 +174,11 @@ fn run(config: ServerConfig) -> Result<(), String> {
             session_arbiters,
             server.clone(),
             Arc::new(SessionSettings::from_config(&config)),
+            ConnectionSlots::new(max_conns),
             stop_accepting,
         ));
 
-        let console = AdminConsole::new(server.clone(), persistence).start();
+        let console = AdminConsole::new(server.clone(), persistence, paths.log.clone()).start();
         spawn_stdin_reader(console).map_err(|e| format!("cannot read stdin: {e}"))?;
         actix::spawn(shutdown_on_signals(server));
         Ok(())

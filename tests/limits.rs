@@ -100,17 +100,18 @@ fn known_name_is_per_ip_address() {
 #[test]
 fn login_rate_is_per_ip_address() {
     let server = TestServer::start_with(&["--login-rate", "2"]);
+    let bogus = json!({"type":"resume","token":"bogus"});
     let mut c = server.connect_greeted();
     for _ in 0..2 {
-        c.send(&json!({"type":"login","name":"ghost","password":PW}));
-        assert_eq!(c.expect_auth_error(), "unknown_user");
+        c.send(&bogus);
+        assert_eq!(c.expect_auth_error(), "invalid_token");
     }
-    c.send(&json!({"type":"login","name":"ghost","password":PW}));
+    c.send(&bogus);
     assert_eq!(c.expect_auth_error(), "rate_limited");
     let mut other = TestClient::from_stream(connect_socket(server.addr(), loopback(4), None));
     other.welcome();
-    other.send(&json!({"type":"login","name":"ghost","password":PW}));
-    assert_eq!(other.expect_auth_error(), "unknown_user");
+    other.send(&bogus);
+    assert_eq!(other.expect_auth_error(), "invalid_token");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! [`parse_command`], is a plain function with its own tests.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,8 +15,10 @@ use actix::prelude::*;
 use super::chat_server::{
     AdminSay, ChatServer, ClearIdentities, Kick, ListUsers, SetPaused, Shutdown, Status,
 };
-use super::persistence::{ClearLog, Persistence, ReadLog};
+use super::persistence::{ClearLog, Persistence};
+use crate::logging;
 use crate::protocol::MAX_TEXT_CHARS;
+use crate::text::escape;
 
 /// One admin command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,14 +106,21 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, UnknownCommand> {
 pub struct AdminConsole {
     server: Addr<ChatServer>,
     persistence: Addr<Persistence>,
+    /// The log file, which `logs` reads itself (reading never changes it).
+    log: PathBuf,
 }
 
 impl AdminConsole {
-    /// A console driving `server` and `persistence`.
-    pub fn new(server: Addr<ChatServer>, persistence: Addr<Persistence>) -> AdminConsole {
+    /// A console driving `server` and `persistence`, reading the log at `log`.
+    pub fn new(
+        server: Addr<ChatServer>,
+        persistence: Addr<Persistence>,
+        log: PathBuf,
+    ) -> AdminConsole {
         AdminConsole {
             server,
             persistence,
+            log,
         }
     }
 
@@ -134,7 +144,7 @@ impl AdminConsole {
                 if users.is_empty() {
                     "(no users online)".to_string()
                 } else {
-                    users.join("\n")
+                    users.iter().map(|u| escape(u)).collect::<Vec<_>>().join("\n")
                 }
             }),
             Command::Pause => self.answer(ctx, self.server.send(SetPaused(true)), |_| {
@@ -144,11 +154,24 @@ impl AdminConsole {
                 format!("greeting resumed ({n} waiting)")
             }),
             Command::Logs(last) => {
-                self.answer(ctx, self.persistence.send(ReadLog { last }), |read| {
-                    match read {
-                        Ok(text) => text.trim_end_matches('\n').to_string(),
-                        Err(err) => format!("cannot read the log: {err}"),
-                    }
+                // A log of any size is streamed from a thread of its own: this thread
+                // also runs the accept loop.
+                let path = self.log.clone();
+                let printed = async move {
+                    tokio::task::spawn_blocking(move || {
+                        let stdout = std::io::stdout();
+                        let mut out = std::io::BufWriter::new(stdout.lock());
+                        let printed = logging::print_log(&path, last, &mut out);
+                        let _ = out.flush();
+                        printed
+                    })
+                    .await
+                    .map_err(|_| MailboxError::Closed)
+                };
+                self.answer(ctx, printed, |printed| match printed {
+                    Ok(0) => "(the log is empty)".to_string(),
+                    Ok(_) => String::new(),
+                    Err(err) => format!("cannot read the log: {err}"),
                 })
             }
             Command::ClearLogs => self.answer(ctx, self.persistence.send(ClearLog), |done| {
@@ -165,7 +188,7 @@ impl AdminConsole {
                 })
             }
             Command::Kick(name) => {
-                let asked = name.clone();
+                let asked = escape(&name).into_owned();
                 self.answer(ctx, self.server.send(Kick { name }), move |n| {
                     if n == 0 {
                         format!("no such user online: {asked}")
@@ -175,7 +198,10 @@ impl AdminConsole {
                 })
             }
             Command::Say(text) => self.answer(ctx, self.server.send(AdminSay { text }), |id| {
-                format!("sent message #{id}")
+                match id {
+                    Some(id) => format!("sent message #{id}"),
+                    None => "not sent: the server cannot record messages right now".to_string(),
+                }
             }),
             Command::Shutdown => {
                 print_out("shutting down");
@@ -193,7 +219,12 @@ impl AdminConsole {
     ) {
         fut::wrap_future::<_, Self>(reply)
             .map(|reply, _, _| match reply {
-                Ok(value) => print_out(&render(value)),
+                Ok(value) => {
+                    let text = render(value);
+                    if !text.is_empty() {
+                        print_out(&text);
+                    }
+                }
                 Err(err) => print_out(&format!("the server did not answer: {err}")),
             })
             .wait(ctx);

@@ -2,41 +2,53 @@
 //!
 //! Sessions send it typed requests; it answers by queueing frames on the session's
 //! [`Outbox`] and publishes chat on the shared [`Broadcaster`] ring, serialising each
-//! MESSAGE once. Slow work never runs on its thread: PBKDF2 goes to the blocking pool
-//! (at most one computation per core at a time, so a login storm queues instead of
-//! starving chat), and files go to `Persistence`. A new account's `auth_ok` is held
-//! until `users.json` holding it is on disk; other identity changes (tokens, IPs) are
-//! saved in batches every [`SAVE_INTERVAL`].
+//! MESSAGE once. Slow work never runs on its thread: PBKDF2 goes to the
+//! [`HashingPool`] (one computation per core, taking turns between addresses, so a
+//! login storm queues instead of starving chat), and files go to `Persistence`.
+//! Identity changes are [`IdentityChange`] values applied here and handed to
+//! `Persistence`; a new account's `auth_ok` is held until it is on disk.
+
+mod history;
+mod presence;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
-use tokio::sync::{oneshot, Semaphore};
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::persistence::LoadedHistory;
+pub use self::history::{History, MAX_REPLAY_BYTES};
+pub use self::presence::{Departure, Presence, LEFT_GRACE};
 use super::persistence::{
-    AppendHistory, Flush, HistoryWritable, PersistError, Persistence, SaveIdentities, WatchHistory,
+    AppendHistory, HistoryWritable, PersistError, Persistence, RecordIdentities, ReserveIds,
+    SyncForShutdown, WatchHistory,
 };
 use super::session::{Greeted, Session};
 use crate::auth::{self, SERVER_NAME};
-use crate::codec::{encode_frame, frame_from_payload, payload_of};
+use crate::codec::{encode_frame, payload_of};
 use crate::config::ServerConfig;
-use crate::identity::Identities;
+use crate::hashing::HashingPool;
+use crate::identity::{Account, Identities, IdentityChange};
+use crate::limits::{KeyedBuckets, WindowLimiter};
+use crate::log_noise;
+use crate::logging::Noise;
+use crate::names::{self, confusable_keys, name_key};
 use crate::outbound::{Broadcaster, Outbox, SessionId};
 use crate::protocol::{AuthErrorCode, ChatMessage, ErrorCode, ServerMessage};
 
-/// How often batched identity changes (rotated tokens, IPs) are written out: the most
-/// a crash can lose of them, as the contract allows.
-pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired tokens and idle limiter entries are dropped.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The window over which failed authentications are counted per IP.
-const LOGIN_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// The window over which wrong guesses are counted (`--login-rate` is per minute).
+const GUESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// The window over which new accounts are counted (`--register-rate` is per hour).
+const REGISTER_WINDOW: Duration = Duration::from_secs(3600);
+
+/// An address's authentications may burst to this many times `--auth-rate`.
+const AUTH_BURST_FACTOR: u32 = 5;
 
 /// How long shutdown waits for writers to deliver the `shutdown` frame.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -47,23 +59,31 @@ pub struct ChatSettings {
     pub history: usize,
     pub pbkdf2_rounds: u32,
     pub token_ttl: Duration,
+    /// Connections at once: `--max-conns`, lowered to what the open-file limit allows.
     pub max_conns: usize,
     pub max_conns_per_ip: usize,
     pub login_rate: usize,
+    pub register_rate: usize,
+    pub msg_rate: u32,
+    pub auth_rate: u32,
     /// PBKDF2 computations allowed at once.
     pub hashing_slots: usize,
 }
 
 impl ChatSettings {
-    /// The settings in `config`, with one hashing slot per core.
-    pub fn from_config(config: &ServerConfig) -> ChatSettings {
+    /// The settings in `config`, with one hashing slot per core and at most
+    /// `max_conns` connections.
+    pub fn from_config(config: &ServerConfig, max_conns: usize) -> ChatSettings {
         ChatSettings {
             history: config.history,
             pbkdf2_rounds: config.pbkdf2_rounds,
             token_ttl: Duration::from_secs(config.token_ttl),
-            max_conns: config.max_conns,
+            max_conns,
             max_conns_per_ip: config.max_conns_per_ip,
             login_rate: config.login_rate as usize,
+            register_rate: config.register_rate as usize,
+            msg_rate: config.msg_rate,
+            auth_rate: config.auth_rate,
             hashing_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -75,25 +95,58 @@ struct Connection {
     outbox: Outbox,
     ip: IpAddr,
     greeted: bool,
-    /// Lower-cased name once authenticated.
+    /// Name key once authenticated.
     user: Option<String>,
     /// Digest of the token this connection's last `auth_ok` carried.
     token_digest: Option<String>,
 }
 
-/// A user with at least one authenticated connection.
-struct OnlineUser {
-    name: String,
-    connections: usize,
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Serving,
+    /// Shutdown has begun: nothing new is accepted.
+    ShuttingDown,
+    /// The state is on disk and every connection has been told; the process stops
+    /// once they are gone (or the grace period ends).
+    Drained,
 }
 
-/// Failed authentications from one IP, for `--login-rate`.
-#[derive(Default)]
-struct LoginAttempts {
-    failures: VecDeque<Instant>,
-    /// Password checks queued or running, counted against the limit in advance so
-    /// that a burst cannot slip past it while the hashes compute.
-    in_flight: usize,
+/// The rate limits `ChatServer` keeps (see `limits`).
+struct Limits {
+    /// Wrong guesses (bad passwords, invalid tokens) per address (`--login-rate`).
+    guesses_by_ip: WindowLimiter<IpAddr>,
+    /// Wrong passwords per account (`--login-rate`): many addresses, one victim.
+    guesses_by_account: WindowLimiter<String>,
+    /// New accounts per address (`--register-rate`).
+    registrations: WindowLimiter<IpAddr>,
+    /// Authentications per address (`--auth-rate`), answered late beyond it.
+    auth_pace: KeyedBuckets<IpAddr>,
+    /// `say` per account across its connections (`--msg-rate`).
+    messages: KeyedBuckets<String>,
+}
+
+impl Limits {
+    fn new(settings: &ChatSettings) -> Limits {
+        Limits {
+            guesses_by_ip: WindowLimiter::new(settings.login_rate, GUESS_WINDOW),
+            guesses_by_account: WindowLimiter::new(settings.login_rate, GUESS_WINDOW),
+            registrations: WindowLimiter::new(settings.register_rate, REGISTER_WINDOW),
+            auth_pace: KeyedBuckets::new(
+                settings.auth_rate,
+                settings.auth_rate.saturating_mul(AUTH_BURST_FACTOR),
+            ),
+            messages: KeyedBuckets::new(settings.msg_rate, settings.msg_rate.saturating_mul(2)),
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.guesses_by_ip.prune(now);
+        self.guesses_by_account.prune(now);
+        self.registrations.prune(now);
+        self.auth_pace.prune(now);
+        self.messages.prune(now);
+    }
 }
 
 /// The actor. See the module documentation.
@@ -104,80 +157,55 @@ pub struct ChatServer {
     stop_accepting: CancellationToken,
     address: SocketAddr,
     started_at: Instant,
+    lifecycle: Lifecycle,
 
     identities: Identities,
     connections: HashMap<SessionId, Connection>,
     per_ip: HashMap<IpAddr, usize>,
-    online: HashMap<String, OnlineUser>,
-    /// Registrations whose hash is being computed, by lower-cased name.
+    presence: Presence,
+    /// Keys (name and look-alike) of registrations whose hash is being computed.
     pending_names: HashSet<String>,
-    login_attempts: HashMap<IpAddr, LoginAttempts>,
+    limits: Limits,
 
     paused: bool,
     /// Connections accepted while paused, in arrival order.
     waiting: VecDeque<SessionId>,
 
     ring: Broadcaster,
-    next_id: u64,
-    /// The last `--history` MESSAGE payloads, oldest first.
-    history: VecDeque<Bytes>,
-    /// The `history` frame for the current `history`, built on first use.
-    history_frame: Option<Bytes>,
-
-    hashing: Arc<Semaphore>,
-    decoy_hash: Arc<str>,
-
-    identities_dirty: bool,
-    save_in_flight: bool,
-    save_waiters: Vec<oneshot::Sender<Result<(), PersistError>>>,
-
-    /// False while `history.jsonl` refuses writes (a full disk): `say` is refused
-    /// rather than accepted into a buffer that cannot drain.
-    history_writable: bool,
-
-    shutting_down: bool,
-    /// Set once shutdown has put the state on disk and told every connection.
-    shutdown_flushed: bool,
+    history: History,
+    hashing: HashingPool,
 }
 
 impl ChatServer {
-    /// A server over the state recovered at start-up.
+    /// A server over the state recovered at start-up. Must be called within the actor
+    /// system (it starts the hashing pool).
     pub fn new(
         settings: ChatSettings,
         identities: Identities,
-        history: LoadedHistory,
+        history: History,
         persistence: Addr<Persistence>,
         stop_accepting: CancellationToken,
         address: SocketAddr,
-    ) -> Result<ChatServer, auth::HashError> {
-        let decoy_hash = auth::decoy_hash(settings.pbkdf2_rounds)?.into();
-        Ok(ChatServer {
-            hashing: Arc::new(Semaphore::new(settings.hashing_slots.max(1))),
+    ) -> ChatServer {
+        ChatServer {
+            hashing: HashingPool::start(settings.hashing_slots),
+            limits: Limits::new(&settings),
             settings,
             persistence,
             stop_accepting,
             address,
             started_at: Instant::now(),
+            lifecycle: Lifecycle::Serving,
             identities,
             connections: HashMap::new(),
             per_ip: HashMap::new(),
-            online: HashMap::new(),
+            presence: Presence::default(),
             pending_names: HashSet::new(),
-            login_attempts: HashMap::new(),
             paused: false,
             waiting: VecDeque::new(),
             ring: Broadcaster::default(),
-            next_id: history.next_id,
-            history: history.recent,
-            history_frame: None,
-            decoy_hash,
-            identities_dirty: false,
-            save_in_flight: false,
-            save_waiters: Vec::new(),
-            history_writable: true,
-            shutting_down: false,
-            shutdown_flushed: false,
-        })
+            history,
+        }
     }
 
     /// Queues `message` for one connection.
@@ -189,8 +217,8 @@ impl ChatServer {
         }
     }
 
-    fn send_auth_error(&self, id: SessionId, code: AuthErrorCode, message: &str) {
-        self.send_to(id, &ServerMessage::auth_error(code, message));
+    fn send_error(&self, id: SessionId, code: ErrorCode, message: &str) {
+        self.send_to(id, &ServerMessage::error(code, message));
     }
 
     fn greet(&mut self, id: SessionId) {
@@ -209,63 +237,112 @@ impl ChatServer {
         conn.session.do_send(Greeted);
     }
 
-    /// Assigns the next id, records the message in history and delivers it to everyone.
-    fn publish_message(&mut self, from: &str, text: String) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Applies identity changes here and hands them to `Persistence`, to be written
+    /// with the next batch.
+    fn note_identities(&mut self, changes: Vec<IdentityChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        for change in &changes {
+            self.identities.apply(change);
+        }
+        self.persistence.do_send(RecordIdentities {
+            changes,
+            durable: false,
+        });
+    }
+
+    /// Applies identity changes here and hands them to `Persistence`; the future ends
+    /// once they are on disk.
+    fn save_identities(
+        &mut self,
+        changes: Vec<IdentityChange>,
+    ) -> impl std::future::Future<Output = Result<(), PersistError>> {
+        for change in &changes {
+            self.identities.apply(change);
+        }
+        let sent = self.persistence.send(RecordIdentities {
+            changes,
+            durable: true,
+        });
+        async move {
+            sent.await.unwrap_or_else(|e| {
+                Err(PersistError {
+                    path: "the state folder".into(),
+                    message: format!("persistence unavailable: {e}"),
+                })
+            })
+        }
+    }
+
+    /// Assigns the next id, records the message in history and delivers it to everyone;
+    /// `None` if no id could be given (the reservation could not be written).
+    fn publish_message(
+        &mut self,
+        from: &str,
+        text: String,
+        ctx: &mut Context<Self>,
+    ) -> Option<u64> {
+        let id = self.history.take_id();
+        self.reserve_ids_if_due(ctx);
+        let id = id?;
         let message = ServerMessage::Message(ChatMessage {
             id,
             from: from.to_string(),
             text,
             ts: unix_ms(),
         });
-        let Some(frame) = encode(&message) else {
-            return id;
-        };
+        let frame = encode(&message)?;
         let payload = payload_of(&frame);
-        if self.settings.history > 0 {
-            if self.history.len() == self.settings.history {
-                self.history.pop_front();
-            }
-            self.history.push_back(payload.clone());
-            self.history_frame = None;
-        }
+        self.history.record(payload.clone());
         self.persistence.do_send(AppendHistory(payload));
         self.ring.publish(frame, None);
-        id
+        Some(id)
     }
 
-    /// The `history` frame, built from the stored payloads without re-serialising them.
-    fn history_frame(&mut self) -> Bytes {
-        if let Some(frame) = &self.history_frame {
-            return frame.clone();
-        }
-        let size = self.history.iter().map(|p| p.len() + 1).sum::<usize>();
-        let mut payload = BytesMut::with_capacity(size + 32);
-        payload.extend_from_slice(br#"{"type":"history","messages":["#);
-        for (i, message) in self.history.iter().enumerate() {
-            if i > 0 {
-                payload.extend_from_slice(b",");
-            }
-            payload.extend_from_slice(message);
-        }
-        payload.extend_from_slice(b"]}");
-        let frame = frame_from_payload(&payload);
-        self.history_frame = Some(frame.clone());
-        frame
+    /// Asks `Persistence` for the next block of ids when the reservation runs low.
+    fn reserve_ids_if_due(&mut self, ctx: &mut Context<Self>) {
+        let Some(through) = self.history.reservation_due() else {
+            return;
+        };
+        self.persistence
+            .send(ReserveIds { through })
+            .into_actor(self)
+            .map(move |saved, act, _| match saved {
+                Ok(Ok(())) => act.history.reserved(through),
+                Ok(Err(err)) => {
+                    log::error!("message ids not reserved: {err}");
+                    act.history.reservation_failed();
+                }
+                Err(err) => {
+                    log::error!("message ids not reserved: {err}");
+                    act.history.reservation_failed();
+                }
+            })
+            .spawn(ctx);
     }
 
     /// Finishes a successful authentication: token, `auth_ok`, history, ring, `joined`.
-    fn complete_login(&mut self, id: SessionId, name: &str, new_user: bool) -> AuthOutcome {
+    fn complete_login(
+        &mut self,
+        id: SessionId,
+        key: &str,
+        name: &str,
+        new_user: bool,
+    ) -> AuthOutcome {
         let Some(ip) = self.connections.get(&id).map(|c| c.ip) else {
             return AuthOutcome::Refused;
         };
         let ttl_ms = self.settings.token_ttl.as_millis() as u64;
-        let (token, digest) = self.identities.issue_token(name, unix_ms(), ttl_ms);
-        self.identities.remember_ip(ip, name);
-        self.identities_dirty = true;
+        let (token, digest, mut changes) = self.identities.new_token_for(key, unix_ms(), ttl_ms);
+        if !self.identities.ip_is_known_as(ip, name) {
+            changes.push(IdentityChange::RememberIp {
+                ip,
+                name: name.to_string(),
+            });
+        }
+        self.note_identities(changes);
 
-        let key = auth::name_key(name);
         let auth_ok = ServerMessage::AuthOk {
             name: name.to_string(),
             token,
@@ -273,12 +350,12 @@ impl ChatServer {
         };
         // Logged before anything is sent, so the log never lags what the client saw.
         log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
-        let history = self.history_frame();
+        let history = self.history.frame();
         let subscription = self.ring.subscribe();
         let Some(conn) = self.connections.get_mut(&id) else {
             return AuthOutcome::Refused;
         };
-        conn.user = Some(key.clone());
+        conn.user = Some(key.to_string());
         conn.token_digest = Some(digest);
         if let Some(frame) = encode(&auth_ok) {
             conn.outbox.send(frame);
@@ -287,12 +364,7 @@ impl ChatServer {
         // Same step as the history snapshot: no message falls between them or comes twice.
         conn.outbox.subscribe(subscription);
 
-        let user = self.online.entry(key).or_insert_with(|| OnlineUser {
-            name: name.to_string(),
-            connections: 0,
-        });
-        user.connections += 1;
-        if user.connections == 1 {
+        if self.presence.arrive(key, name) {
             self.broadcast_event(
                 &ServerMessage::Joined {
                     name: name.to_string(),
@@ -311,118 +383,60 @@ impl ChatServer {
         }
     }
 
-    /// A refused authentication: logged, counted against the IP, answered.
+    /// A refused authentication: logged and answered. (Whether it counts against a
+    /// limit is for the caller to say.)
     fn refuse(&mut self, id: SessionId, ip: IpAddr, code: AuthErrorCode) -> AuthOutcome {
         let message = match code {
-            AuthErrorCode::UnknownUser => "no account has that name",
-            AuthErrorCode::BadPassword => "wrong password",
-            AuthErrorCode::NameTaken => "that name is taken",
-            AuthErrorCode::InvalidToken => "the token is unknown, spent or expired",
-            AuthErrorCode::InvalidName => "a name is 1 to 32 letters, digits, '_', '-' or '.'",
-            AuthErrorCode::InvalidPassword => "a password is 4 to 1024 bytes",
-            AuthErrorCode::RateLimited => "too many failed attempts; wait a minute",
+            AuthErrorCode::UnknownUser => "no account has that name".to_string(),
+            AuthErrorCode::BadPassword => "wrong password".to_string(),
+            AuthErrorCode::NameTaken => {
+                "that name (or one that looks like it) is taken".to_string()
+            }
+            AuthErrorCode::InvalidToken => "the token is unknown, spent or expired".to_string(),
+            AuthErrorCode::InvalidName => names::name_rule(),
+            AuthErrorCode::InvalidPassword => auth::password_rule(),
+            AuthErrorCode::RateLimited => {
+                "too many attempts; wait a while and try again".to_string()
+            }
         };
         if code == AuthErrorCode::RateLimited {
-            log::warn!("session {id} from {ip}: authentication rate limit hit");
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {id} from {ip}: authentication rate limit hit"
+            );
         } else {
-            log::info!("session {id} from {ip}: authentication failed ({code:?})");
-            if self.settings.login_rate > 0 {
-                let attempts = self.login_attempts.entry(ip).or_default();
-                attempts.failures.push_back(Instant::now());
-                while attempts.failures.len() > self.settings.login_rate {
-                    attempts.failures.pop_front();
-                }
-            }
+            log_noise!(
+                ip,
+                Noise::AuthFailure,
+                log::Level::Info,
+                "session {id} from {ip}: authentication failed ({code:?})"
+            );
         }
-        self.send_auth_error(id, code, message);
+        self.send_to(id, &ServerMessage::auth_error(code, message));
         AuthOutcome::Refused
     }
 
-    /// Whether `ip` has used up its failed authentications for now.
-    fn login_rate_exceeded(&mut self, ip: IpAddr) -> bool {
-        let limit = self.settings.login_rate;
-        if limit == 0 {
-            return false;
-        }
-        let Some(attempts) = self.login_attempts.get_mut(&ip) else {
-            return false;
-        };
-        while attempts
-            .failures
-            .front()
-            .is_some_and(|t| t.elapsed() >= LOGIN_RATE_WINDOW)
-        {
-            attempts.failures.pop_front();
-        }
-        attempts.failures.len() + attempts.in_flight >= limit
+    /// Whether a registration of `name` is waiting for its hash: the name, or one that
+    /// looks like it.
+    fn name_pending(&self, name: &str) -> bool {
+        self.pending_names.contains(&name_key(name))
+            || confusable_keys(name)
+                .iter()
+                .any(|k| self.pending_names.contains(k))
     }
 
-    fn begin_password_check(&mut self, ip: IpAddr) {
-        if self.settings.login_rate > 0 {
-            self.login_attempts.entry(ip).or_default().in_flight += 1;
-        }
-    }
-
-    fn end_password_check(&mut self, ip: IpAddr) {
-        if let Some(attempts) = self.login_attempts.get_mut(&ip) {
-            attempts.in_flight = attempts.in_flight.saturating_sub(1);
-        }
-    }
-
-    /// Asks for the identity file to be saved; the receiver answers once it is on disk.
-    /// Saves are grouped: requests made while one is running share the next one.
-    fn request_save(
-        &mut self,
-        ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Result<(), PersistError>> {
-        let (tx, rx) = oneshot::channel();
-        self.save_waiters.push(tx);
-        self.identities_dirty = true;
-        self.start_save(ctx);
-        rx
-    }
-
-    fn start_save(&mut self, ctx: &mut Context<Self>) {
-        if self.save_in_flight || !self.identities_dirty {
-            return;
-        }
-        self.save_in_flight = true;
-        self.identities_dirty = false;
-        let waiters = std::mem::take(&mut self.save_waiters);
-        self.persistence
-            .send(SaveIdentities(self.identities.clone()))
-            .into_actor(self)
-            .map(move |sent, act, ctx| {
-                act.save_in_flight = false;
-                let result = sent.unwrap_or_else(|e| {
-                    Err(PersistError::Io {
-                        path: "users.json".into(),
-                        message: format!("persistence unavailable: {e}"),
-                    })
-                });
-                if let Err(err) = &result {
-                    log::error!("identity file not saved: {err}");
-                    act.identities_dirty = true;
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-                if !act.save_waiters.is_empty() {
-                    act.start_save(ctx);
-                }
-            })
-            .spawn(ctx);
-    }
-
-    fn online_names(&self) -> Vec<String> {
-        let mut users: Vec<(&String, &OnlineUser)> = self.online.iter().collect();
-        users.sort_by(|a, b| a.0.cmp(b.0));
-        users.into_iter().map(|(_, u)| u.name.clone()).collect()
+    /// The keys a pending registration of `name` holds.
+    fn pending_keys(name: &str) -> Vec<String> {
+        let mut keys = vec![name_key(name)];
+        keys.extend(confusable_keys(name));
+        keys
     }
 
     /// Once the state is on disk and every connection is gone, stop the process.
     fn finish_shutdown_if_drained(&self) {
-        if self.shutdown_flushed && self.connections.is_empty() {
+        if self.lifecycle == Lifecycle::Drained && self.connections.is_empty() {
             System::current().stop();
         }
     }
@@ -438,29 +452,15 @@ impl Actor for ChatServer {
         ctx.set_mailbox_capacity(0);
         self.persistence
             .do_send(WatchHistory(ctx.address().recipient()));
-        ctx.run_interval(SAVE_INTERVAL, |act, ctx| {
+        self.reserve_ids_if_due(ctx);
+        ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
             let now = unix_ms();
-            if act.identities.prune_expired(now) > 0 {
-                act.identities_dirty = true;
+            if act.identities.has_expired_tokens(now) {
+                act.note_identities(vec![IdentityChange::PruneExpired { now_ms: now }]);
             }
-            act.login_attempts.retain(|_, a| {
-                a.in_flight > 0
-                    || a.failures
-                        .back()
-                        .is_some_and(|t| t.elapsed() < LOGIN_RATE_WINDOW)
-            });
-            act.start_save(ctx);
+            act.limits.prune(Instant::now());
         });
     }
-}
-
-/// Computes `job` on the blocking pool once a hashing slot is free.
-async fn run_hashing<T: Send + 'static>(
-    slots: Arc<Semaphore>,
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let _permit = slots.acquire_owned().await.ok()?;
-    tokio::task::spawn_blocking(job).await.ok()
 }
 
 fn encode(message: &ServerMessage) -> Option<Bytes> {
@@ -499,7 +499,7 @@ impl Handler<Connect> for ChatServer {
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
         let ip = msg.peer.ip();
         let limit = &self.settings;
-        let refusal = if self.shutting_down {
+        let refusal = if self.lifecycle != Lifecycle::Serving {
             Some("shutting down")
         } else if limit.max_conns > 0 && self.connections.len() >= limit.max_conns {
             Some("--max-conns reached")
@@ -511,11 +511,25 @@ impl Handler<Connect> for ChatServer {
             None
         };
         if let Some(reason) = refusal {
-            log::warn!("connection {} from {} refused: {reason}", msg.id, msg.peer);
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "connection {} from {} refused: {reason}",
+                msg.id,
+                msg.peer
+            );
             msg.outbox.close();
             return;
         }
-        log::info!("session {} connected from {}", msg.id, msg.peer);
+        log_noise!(
+            ip,
+            Noise::Connection,
+            log::Level::Info,
+            "session {} connected from {}",
+            msg.id,
+            msg.peer
+        );
         *self.per_ip.entry(ip).or_insert(0) += 1;
         self.connections.insert(
             msg.id,
@@ -546,7 +560,7 @@ pub struct Disconnect {
 impl Handler<Disconnect> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         let Some(conn) = self.connections.remove(&msg.id) else {
             return;
         };
@@ -559,16 +573,20 @@ impl Handler<Disconnect> for ChatServer {
         if !conn.greeted {
             self.waiting.retain(|id| *id != msg.id);
         }
-        log::info!("session {} from {} disconnected", msg.id, conn.ip);
-        if let Some(key) = conn.user {
-            if let Some(user) = self.online.get_mut(&key) {
-                user.connections -= 1;
-                if user.connections == 0 {
-                    if let Some(user) = self.online.remove(&key) {
-                        self.broadcast_event(&ServerMessage::Left { name: user.name }, None);
-                    }
+        log_noise!(
+            conn.ip,
+            Noise::Connection,
+            log::Level::Info,
+            "session {} from {} disconnected",
+            msg.id,
+            conn.ip
+        );
+        if let Some(departure) = conn.user.and_then(|key| self.presence.depart(&key)) {
+            ctx.run_later(LEFT_GRACE, move |act, _| {
+                if let Some(name) = act.presence.departure_due(&departure) {
+                    act.broadcast_event(&ServerMessage::Left { name }, None);
                 }
-            }
+            });
         }
         self.finish_shutdown_if_drained();
     }
@@ -604,37 +622,68 @@ pub enum AuthOutcome {
 impl Handler<Authenticate> for ChatServer {
     type Result = ResponseActFuture<Self, AuthOutcome>;
 
-    fn handle(&mut self, msg: Authenticate, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Authenticate, _: &mut Self::Context) -> Self::Result {
         let id = msg.id;
         let Some(ip) = self.connections.get(&id).map(|c| c.ip) else {
             return Box::pin(fut::ready(AuthOutcome::Refused));
         };
-        if self.shutting_down {
+        if self.lifecycle != Lifecycle::Serving {
             return Box::pin(fut::ready(AuthOutcome::Refused));
         }
-        if self.login_rate_exceeded(ip) {
-            let outcome = self.refuse(id, ip, AuthErrorCode::RateLimited);
-            return Box::pin(fut::ready(outcome));
+        // An address authenticating in a tight loop is answered late, not refused: the
+        // session waits for this answer before it reads anything more.
+        let wait = self.limits.auth_pace.take_or_wait(&ip, Instant::now());
+        if wait.is_zero() {
+            return self.authenticate(id, ip, msg.credentials);
         }
-        match msg.credentials {
-            Credentials::Resume { token } => {
-                let outcome = match self.identities.take_token(&token, unix_ms()) {
-                    Some(account) => {
-                        let name = account.name.clone();
-                        self.identities_dirty = true;
-                        self.complete_login(id, &name, false)
-                    }
-                    None => self.refuse(id, ip, AuthErrorCode::InvalidToken),
-                };
-                Box::pin(fut::ready(outcome))
-            }
-            Credentials::Login { name, password } => self.login(id, ip, name, password),
-            Credentials::Register { name, password } => self.register(id, ip, name, password, ctx),
-        }
+        log_noise!(
+            ip,
+            Noise::Limit,
+            log::Level::Info,
+            "session {id} from {ip}: authentications paced, answering in {wait:?}"
+        );
+        let credentials = msg.credentials;
+        Box::pin(
+            fut::wrap_future(tokio::time::sleep(wait))
+                .then(move |_, act: &mut Self, _| act.authenticate(id, ip, credentials)),
+        )
     }
 }
 
 impl ChatServer {
+    fn authenticate(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        credentials: Credentials,
+    ) -> ResponseActFuture<Self, AuthOutcome> {
+        if !self.connections.contains_key(&id) || self.lifecycle != Lifecycle::Serving {
+            return Box::pin(fut::ready(AuthOutcome::Refused));
+        }
+        match credentials {
+            Credentials::Resume { token } => Box::pin(fut::ready(self.resume(id, ip, &token))),
+            Credentials::Login { name, password } => self.login(id, ip, name, password),
+            Credentials::Register { name, password } => self.register(id, ip, name, password),
+        }
+    }
+
+    /// A valid token always logs in: checking one is cheap, so the guess limiter is
+    /// asked only about tokens that fail.
+    fn resume(&mut self, id: SessionId, ip: IpAddr, token: &str) -> AuthOutcome {
+        if let Some((key, account, digest)) = self.identities.check_token(token, unix_ms()) {
+            let (key, name) = (key.to_string(), account.name.clone());
+            // Spent by this use.
+            self.note_identities(vec![IdentityChange::RevokeToken { digest }]);
+            return self.complete_login(id, &key, &name, false);
+        }
+        let now = Instant::now();
+        if self.limits.guesses_by_ip.exceeded(&ip, now) {
+            return self.refuse(id, ip, AuthErrorCode::RateLimited);
+        }
+        self.limits.guesses_by_ip.record(&ip, now);
+        self.refuse(id, ip, AuthErrorCode::InvalidToken)
+    }
+
     fn login(
         &mut self,
         id: SessionId,
@@ -642,49 +691,56 @@ impl ChatServer {
         name: String,
         password: String,
     ) -> ResponseActFuture<Self, AuthOutcome> {
-        let stored = self
-            .identities
-            .account(&name)
-            .map(|a| a.password_hash.clone());
-        // An unknown name is checked against a decoy so that it costs the same time.
-        let hash: Arc<str> = stored.as_deref().map_or(self.decoy_hash.clone(), Arc::from);
-        self.begin_password_check(ip);
-        let check = run_hashing(self.hashing.clone(), move || {
-            auth::verify_password(&password, &hash)
-        });
+        let now = Instant::now();
+        if self.limits.guesses_by_ip.exceeded(&ip, now) {
+            return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::RateLimited)));
+        }
+        // The code already says the name is unknown, so there is nothing to hide by
+        // hashing, and nothing to count: it is not a guess at a password.
+        let Some((key, account)) = self.identities.find(&name) else {
+            return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::UnknownUser)));
+        };
+        let (key, stored) = (key.clone(), account.password_hash.clone());
+        if self.limits.guesses_by_account.exceeded(&key, now) {
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {id} from {ip}: too many wrong passwords for one account lately"
+            );
+            return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::RateLimited)));
+        }
+        self.limits.guesses_by_ip.begin(&ip);
+        self.limits.guesses_by_account.begin(&key);
+        let hash = stored.clone();
+        let check = self
+            .hashing
+            .run(ip, move || auth::verify_password(&password, &hash));
         Box::pin(
             fut::wrap_future(check).map(move |verdict, act: &mut Self, _| {
-                act.end_password_check(ip);
+                act.limits.guesses_by_ip.end(&ip);
+                act.limits.guesses_by_account.end(&key);
                 // The account may have changed while the hash computed (clear-ids).
-                let current = act.identities.account(&name).cloned();
+                let current = act.identities.account_by_key(&key).cloned();
                 match (verdict, current) {
                     (_, None) => act.refuse(id, ip, AuthErrorCode::UnknownUser),
-                    (Some(Ok(true)), Some(account))
-                        if Some(&account.password_hash) == stored.as_ref() =>
-                    {
-                        act.complete_login(id, &account.name, false)
+                    (Some(Ok(true)), Some(account)) if account.password_hash == stored => {
+                        act.complete_login(id, &key, &account.name, false)
                     }
-                    (Some(Ok(_)), Some(_)) => act.refuse(id, ip, AuthErrorCode::BadPassword),
-                    (Some(Err(err)), Some(_)) => {
-                        log::error!("password check for {name} failed: {err}");
-                        act.send_to(
-                            id,
-                            &ServerMessage::error(
-                                ErrorCode::Internal,
-                                "could not check the password",
-                            ),
-                        );
+                    (Some(Ok(_)), Some(_)) => {
+                        let now = Instant::now();
+                        act.limits.guesses_by_ip.record(&ip, now);
+                        act.limits.guesses_by_account.record(&key, now);
+                        act.refuse(id, ip, AuthErrorCode::BadPassword)
+                    }
+                    (Some(Err(err)), Some(account)) => {
+                        log::error!("password check for {} failed: {err}", account.name);
+                        act.send_error(id, ErrorCode::Internal, "could not check the password");
                         AuthOutcome::Refused
                     }
-                    (None, Some(_)) => {
-                        log::error!("password check for {name} did not run");
-                        act.send_to(
-                            id,
-                            &ServerMessage::error(
-                                ErrorCode::Internal,
-                                "could not check the password",
-                            ),
-                        );
+                    (None, Some(account)) => {
+                        log::error!("password check for {} did not run", account.name);
+                        act.send_error(id, ErrorCode::Internal, "could not check the password");
                         AuthOutcome::Refused
                     }
                 }
@@ -698,70 +754,93 @@ impl ChatServer {
         ip: IpAddr,
         name: String,
         password: String,
-        _: &mut Context<Self>,
     ) -> ResponseActFuture<Self, AuthOutcome> {
-        let key = auth::name_key(&name);
-        let refusal = if !auth::is_valid_name(&name) {
+        let refusal = if let Err(err) = names::check_name(&name) {
+            log_noise!(
+                ip,
+                Noise::AuthFailure,
+                log::Level::Info,
+                "session {id} from {ip}: invalid name: {err}"
+            );
             Some(AuthErrorCode::InvalidName)
         } else if !auth::is_valid_password(&password) {
             Some(AuthErrorCode::InvalidPassword)
-        } else if key == SERVER_NAME
-            || self.identities.users.contains_key(&key)
-            || self.pending_names.contains(&key)
+        } else if names::is_server_name(&name)
+            || self.identities.is_taken(&name)
+            || self.name_pending(&name)
         {
             Some(AuthErrorCode::NameTaken)
+        } else if self.limits.registrations.exceeded(&ip, Instant::now()) {
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {id} from {ip}: --register-rate reached"
+            );
+            Some(AuthErrorCode::RateLimited)
         } else {
             None
         };
         if let Some(code) = refusal {
-            let outcome = self.refuse(id, ip, code);
-            return Box::pin(fut::ready(outcome));
+            return Box::pin(fut::ready(self.refuse(id, ip, code)));
         }
-        self.pending_names.insert(key.clone());
+        let pending = Self::pending_keys(&name);
+        self.pending_names.extend(pending.iter().cloned());
+        self.limits.registrations.begin(&ip);
         let rounds = self.settings.pbkdf2_rounds;
-        let hashing = run_hashing(self.hashing.clone(), move || {
-            auth::hash_password(&password, rounds)
-        });
+        let hashing = self
+            .hashing
+            .run(ip, move || auth::hash_password(&password, rounds));
         Box::pin(
             fut::wrap_future(hashing)
-                .then(move |hashed, act: &mut Self, ctx| {
-                    act.pending_names.remove(&key);
-                    let hash = match hashed {
-                        Some(Ok(hash)) => hash,
-                        Some(Err(err)) => {
-                            log::error!("hashing a password for {name} failed: {err}");
-                            return Either::Left(fut::ready(Err(name)));
+                .then(move |hashed, act: &mut Self, _| {
+                    for key in &pending {
+                        act.pending_names.remove(key);
+                    }
+                    act.limits.registrations.end(&ip);
+                    let failure = match hashed {
+                        Some(Ok(hash)) => Ok(hash),
+                        Some(Err(err)) => Err(format!("hashing the password failed: {err}")),
+                        None => Err("hashing the password did not run".to_string()),
+                    };
+                    let account = failure.map(|password_hash| Account {
+                        name: name.clone(),
+                        password_hash,
+                        created_ms: unix_ms(),
+                    });
+                    let saved = match account {
+                        Ok(account) => {
+                            let key = name_key(&account.name);
+                            let save =
+                                act.save_identities(vec![IdentityChange::AddAccount { account }]);
+                            futures_util::future::Either::Left(async move {
+                                save.await.map(|()| key).map_err(|e| e.to_string())
+                            })
                         }
-                        None => {
-                            log::error!("hashing a password for {name} did not run");
-                            return Either::Left(fut::ready(Err(name)));
+                        Err(reason) => {
+                            futures_util::future::Either::Right(std::future::ready(Err(reason)))
                         }
                     };
-                    act.identities.add_account(&name, hash.clone(), unix_ms());
-                    let saved = act.request_save(ctx);
-                    Either::Right(
-                        fut::wrap_future(saved).map(move |saved, act: &mut Self, _| match saved {
-                            Ok(Ok(())) => Ok((name, hash)),
-                            Ok(Err(_)) | Err(_) => {
-                                act.identities.remove_account_if(&name, &hash);
-                                Err(name)
-                            }
-                        }),
-                    )
+                    fut::wrap_future(saved).map(move |saved, _: &mut Self, _| (name, saved))
                 })
-                .map(move |registered, act: &mut Self, _| match registered {
-                    Ok((name, _)) => {
+                .map(move |(name, saved), act: &mut Self, _| match saved {
+                    Ok(key) => {
+                        act.limits.registrations.record(&ip, Instant::now());
                         log::info!("registered account {name} from {ip}");
-                        act.complete_login(id, &name, true)
+                        act.complete_login(id, &key, &name, true)
                     }
-                    Err(name) => {
-                        log::error!("registration of {name} failed: identity file not saved");
-                        act.send_to(
+                    Err(reason) => {
+                        if act.identities.account(&name).is_some() {
+                            // Saved in memory, not on disk: undone, so it can be retried.
+                            act.note_identities(vec![IdentityChange::RemoveAccount {
+                                key: name_key(&name),
+                            }]);
+                        }
+                        log::error!("registration of {name} failed: {reason}");
+                        act.send_error(
                             id,
-                            &ServerMessage::error(
-                                ErrorCode::Internal,
-                                "the account could not be saved; try again later",
-                            ),
+                            ErrorCode::Internal,
+                            "the account could not be saved; try again later",
                         );
                         AuthOutcome::Refused
                     }
@@ -784,27 +863,49 @@ pub struct Say {
 impl Handler<Say> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: Say, _: &mut Self::Context) {
-        if self.shutting_down {
+    fn handle(&mut self, msg: Say, ctx: &mut Self::Context) {
+        if self.lifecycle != Lifecycle::Serving {
             return;
         }
-        let Some(key) = self.connections.get(&msg.id).and_then(|c| c.user.clone()) else {
+        let Some(conn) = self.connections.get(&msg.id) else {
             return;
         };
-        let Some(name) = self.online.get(&key).map(|u| u.name.clone()) else {
+        let (ip, Some(key)) = (conn.ip, conn.user.clone()) else {
             return;
         };
-        if !self.history_writable {
-            self.send_to(
+        let Some(name) = self.presence.name_of(&key).map(str::to_string) else {
+            return;
+        };
+        if !self.history.is_writable() {
+            self.send_error(
                 msg.id,
-                &ServerMessage::error(
-                    ErrorCode::Internal,
-                    "the server cannot record messages right now; not sent, try again later",
-                ),
+                ErrorCode::Internal,
+                "the server cannot record messages right now; not sent, try again later",
             );
             return;
         }
-        self.publish_message(&name, msg.text);
+        if !self.limits.messages.take(&key, Instant::now()) {
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {} from {ip}: message rate limit of account {name} hit",
+                msg.id
+            );
+            self.send_error(
+                msg.id,
+                ErrorCode::RateLimited,
+                "too many messages from this account; slow down",
+            );
+            return;
+        }
+        if self.publish_message(&name, msg.text, ctx).is_none() {
+            self.send_error(
+                msg.id,
+                ErrorCode::Internal,
+                "the server cannot number messages right now; not sent, try again later",
+            );
+        }
     }
 }
 
@@ -812,7 +913,7 @@ impl Handler<HistoryWritable> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: HistoryWritable, _: &mut Self::Context) {
-        self.history_writable = msg.0;
+        self.history.set_writable(msg.0);
         if !msg.0 {
             log::error!("history cannot be written: refusing chat messages until it can");
         }
@@ -830,7 +931,7 @@ impl Handler<Who> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Who, _: &mut Self::Context) {
-        let users = self.online_names();
+        let users = self.presence.names();
         self.send_to(msg.id, &ServerMessage::Who { users });
     }
 }
@@ -845,7 +946,7 @@ pub struct Logout {
 impl Handler<Logout> for ChatServer {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Logout, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Logout, _: &mut Self::Context) -> Self::Result {
         let digest = self
             .connections
             .get_mut(&msg.id)
@@ -853,10 +954,13 @@ impl Handler<Logout> for ChatServer {
         let Some(digest) = digest else {
             return Box::pin(fut::ready(()));
         };
-        self.identities.revoke_digest(&digest);
         log::info!("session {} logged out", msg.id);
-        let saved = self.request_save(ctx);
-        Box::pin(fut::wrap_future(saved).map(|_, _, _| ()))
+        let saved = self.save_identities(vec![IdentityChange::RevokeToken { digest }]);
+        Box::pin(fut::wrap_future(saved).map(|saved, _, _| {
+            if let Err(err) = saved {
+                log::error!("a logout's token revocation was not saved: {err}");
+            }
+        }))
     }
 }
 
@@ -914,12 +1018,12 @@ impl Handler<Status> for ChatServer {
         StatusReport {
             address: self.address,
             paused: self.paused,
-            users_online: self.online.len(),
+            users_online: self.presence.len(),
             connections: self.connections.len(),
             waiting: self.waiting.len(),
             accounts: self.identities.users.len(),
             uptime: self.started_at.elapsed(),
-            next_message_id: self.next_id,
+            next_message_id: self.history.next_id(),
         }
     }
 }
@@ -933,7 +1037,7 @@ impl Handler<ListUsers> for ChatServer {
     type Result = Vec<String>;
 
     fn handle(&mut self, _: ListUsers, _: &mut Self::Context) -> Vec<String> {
-        self.online_names()
+        self.presence.names()
     }
 }
 
@@ -945,21 +1049,13 @@ pub struct ClearIdentities;
 impl Handler<ClearIdentities> for ChatServer {
     type Result = ResponseActFuture<Self, Result<(), PersistError>>;
 
-    fn handle(&mut self, _: ClearIdentities, ctx: &mut Self::Context) -> Self::Result {
-        self.identities.clear();
+    fn handle(&mut self, _: ClearIdentities, _: &mut Self::Context) -> Self::Result {
         for conn in self.connections.values_mut() {
             conn.token_digest = None;
         }
         log::warn!("identities cleared by the admin");
-        let saved = self.request_save(ctx);
-        Box::pin(fut::wrap_future(saved).map(|saved, _, _| {
-            saved.unwrap_or_else(|_| {
-                Err(PersistError::Io {
-                    path: "users.json".into(),
-                    message: "save abandoned".into(),
-                })
-            })
-        }))
+        let saved = self.save_identities(vec![IdentityChange::Clear]);
+        Box::pin(fut::wrap_future(saved))
     }
 }
 
@@ -974,7 +1070,7 @@ impl Handler<Kick> for ChatServer {
     type Result = usize;
 
     fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> usize {
-        let key = auth::name_key(&msg.name);
+        let key = name_key(&msg.name);
         let Some(frame) = encode(&ServerMessage::Kicked {
             message: "you were removed by the server's admin".to_string(),
         }) else {
@@ -995,19 +1091,19 @@ impl Handler<Kick> for ChatServer {
     }
 }
 
-/// A message from `server` to everyone; answers its id.
+/// A message from `server` to everyone; answers its id (`None`: no id could be given).
 #[derive(Message)]
-#[rtype(result = "u64")]
+#[rtype(result = "Option<u64>")]
 pub struct AdminSay {
     pub text: String,
 }
 
 impl Handler<AdminSay> for ChatServer {
-    type Result = u64;
+    type Result = Option<u64>;
 
-    fn handle(&mut self, msg: AdminSay, _: &mut Self::Context) -> u64 {
+    fn handle(&mut self, msg: AdminSay, ctx: &mut Self::Context) -> Option<u64> {
         log::info!("the admin said something");
-        self.publish_message(SERVER_NAME, msg.text)
+        self.publish_message(SERVER_NAME, msg.text, ctx)
     }
 }
 
@@ -1021,50 +1117,43 @@ impl Handler<Shutdown> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        if self.shutting_down {
+        if self.lifecycle != Lifecycle::Serving {
             return;
         }
-        self.shutting_down = true;
+        self.lifecycle = Lifecycle::ShuttingDown;
         self.stop_accepting.cancel();
         log::info!("shutting down");
-        let identities_saved = self.request_save(ctx);
-        let history_flushed = self.persistence.send(Flush);
-        async move {
-            let saved = identities_saved.await;
-            let flushed = history_flushed.await;
-            (saved, flushed)
-        }
-        .into_actor(self)
-        .map(|(saved, flushed), act, ctx| {
-            if !matches!(saved, Ok(Ok(()))) {
-                log::error!("identity file not saved at shutdown");
-            }
-            match flushed {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => log::error!("history not flushed at shutdown: {err}"),
-                Err(err) => log::error!("history not flushed at shutdown: {err}"),
-            }
-            act.shutdown_flushed = true;
-            if let Some(frame) = encode(&ServerMessage::Shutdown {
-                message: "the server is shutting down".to_string(),
-            }) {
-                for conn in act.connections.values() {
-                    conn.outbox.send(frame.clone());
-                    conn.outbox.close();
+        self.persistence
+            .send(SyncForShutdown {
+                last_id: self.history.last_id(),
+            })
+            .into_actor(self)
+            .map(|synced, act, ctx| {
+                match synced {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => log::error!("state not fully saved at shutdown: {err}"),
+                    Err(err) => log::error!("state not saved at shutdown: {err}"),
                 }
-            }
-            act.finish_shutdown_if_drained();
-            ctx.run_later(SHUTDOWN_GRACE, |act, _| {
-                if !act.connections.is_empty() {
-                    log::warn!(
-                        "{} connections still open after the grace period",
-                        act.connections.len()
-                    );
+                act.lifecycle = Lifecycle::Drained;
+                if let Some(frame) = encode(&ServerMessage::Shutdown {
+                    message: "the server is shutting down".to_string(),
+                }) {
+                    for conn in act.connections.values() {
+                        conn.outbox.send(frame.clone());
+                        conn.outbox.close();
+                    }
                 }
-                System::current().stop();
-            });
-        })
-        // Not `wait`: the save this awaits runs as another future of this actor.
-        .spawn(ctx);
+                act.finish_shutdown_if_drained();
+                ctx.run_later(SHUTDOWN_GRACE, |act, _| {
+                    if !act.connections.is_empty() {
+                        log::warn!(
+                            "{} connections still open after the grace period",
+                            act.connections.len()
+                        );
+                    }
+                    System::current().stop();
+                });
+            })
+            .spawn(ctx);
     }
 }

@@ -23,8 +23,13 @@ use super::chat_server::{
 };
 use crate::codec::{encode_frame, FrameCodec, FrameError};
 use crate::config::ServerConfig;
+use crate::limits::TokenBucket;
+use crate::listener::ConnectionSlot;
+use crate::log_noise;
+use crate::logging::Noise;
 use crate::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
+use crate::text;
 
 /// Initial read buffer per connection; it grows only for a frame that needs it, so an
 /// idle connection costs little.
@@ -38,6 +43,15 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// trip per message; the cap bounds what one connection can put in the server's
 /// mailbox (the rest waits in its own socket, slowed by TCP).
 const SAYS_IN_FLIGHT: usize = 32;
+
+/// Bad requests (malformed, or out of place) a connection may send in a burst before it
+/// is closed; the allowance refills at [`BAD_INPUT_RATE`] a second. A client with a bug
+/// gets many answers explaining it; one that only sends garbage is cut off.
+const BAD_INPUT_BURST: u32 = 50;
+const BAD_INPUT_RATE: u32 = 1;
+
+/// Longest explanation of a bad request sent back: it may quote the request.
+const MAX_ERROR_TEXT_CHARS: usize = 200;
 
 /// Per-connection settings, shared by every session.
 #[derive(Debug, Clone)]
@@ -87,11 +101,16 @@ pub struct Session {
     outbox: Option<Outbox>,
     stage: Stage,
     last_heard: Instant,
+    /// `--msg-rate` for this connection (the account's is `ChatServer`'s).
     bucket: TokenBucket,
+    /// Bad requests this connection may still send.
+    bad_input: TokenBucket,
     /// `say` requests sent to `ChatServer` and not yet taken.
     says_in_flight: usize,
     /// Set once the connection has been asked to close.
     closing: bool,
+    /// This connection's descriptor slot, given back when the session ends.
+    _slot: ConnectionSlot,
 }
 
 impl Session {
@@ -102,8 +121,9 @@ impl Session {
         stream: std::net::TcpStream,
         server: Addr<ChatServer>,
         settings: Arc<SessionSettings>,
+        slot: ConnectionSlot,
     ) -> Session {
-        let bucket = TokenBucket::new(settings.msg_rate);
+        let bucket = TokenBucket::new(settings.msg_rate, settings.msg_rate.saturating_mul(2));
         Session {
             id,
             peer,
@@ -115,8 +135,10 @@ impl Session {
             stage: Stage::Waiting,
             last_heard: Instant::now(),
             bucket,
+            bad_input: TokenBucket::new(BAD_INPUT_RATE, BAD_INPUT_BURST),
             says_in_flight: 0,
             closing: false,
+            _slot: slot,
         }
     }
 
@@ -134,6 +156,27 @@ impl Session {
         self.reply(&ServerMessage::error(code, message));
     }
 
+    /// Answers a bad request; a connection that keeps sending them is closed.
+    fn refuse_bad_input(&mut self, code: ErrorCode, message: &str, ctx: &mut Context<Self>) {
+        if self.bad_input.take(Instant::now()) {
+            self.reply_error(code, message);
+            return;
+        }
+        log_noise!(
+            self.peer.ip(),
+            Noise::BadInput,
+            log::Level::Warn,
+            "session {} from {}: too many bad requests, closing",
+            self.id,
+            self.peer
+        );
+        self.reply_error(
+            ErrorCode::BadRequest,
+            "too many bad requests; closing the connection",
+        );
+        self.close(ctx);
+    }
+
     /// Deliver what is queued, then close (once).
     fn close(&mut self, _: &mut Context<Self>) {
         if std::mem::replace(&mut self.closing, true) {
@@ -148,8 +191,18 @@ impl Session {
         let request = match ClientMessage::parse(&payload) {
             Ok(request) => request,
             Err(err) => {
-                log::info!("session {} from {}: bad request: {err}", self.id, self.peer);
-                self.reply_error(ErrorCode::BadRequest, err.to_string());
+                let reason = err.to_string();
+                log_noise!(
+                    self.peer.ip(),
+                    Noise::BadInput,
+                    log::Level::Info,
+                    "session {} from {}: bad request: {}",
+                    self.id,
+                    self.peer,
+                    text::quote(&reason)
+                );
+                let shown = text::excerpt(&reason, MAX_ERROR_TEXT_CHARS);
+                self.refuse_bad_input(ErrorCode::BadRequest, &shown, ctx);
                 return;
             }
         };
@@ -164,16 +217,17 @@ impl Session {
             (Stage::Anonymous, ClientMessage::Register { name, password }) => {
                 self.authenticate(Credentials::Register { name, password }, ctx)
             }
-            (Stage::Anonymous | Stage::Waiting, _) => self.reply_error(
+            (Stage::Anonymous | Stage::Waiting, _) => self.refuse_bad_input(
                 ErrorCode::NotAuthenticated,
                 "log in first (resume, login or register)",
+                ctx,
             ),
             (
                 Stage::User(_),
                 ClientMessage::Resume { .. }
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
-            ) => self.reply_error(ErrorCode::BadRequest, "already authenticated"),
+            ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
             (Stage::User(_), ClientMessage::Say { text }) => self.say(text, ctx),
             (Stage::User(_), ClientMessage::Who) => self.server.do_send(Who { id: self.id }),
             (Stage::User(_), ClientMessage::Logout) => {
@@ -205,18 +259,19 @@ impl Session {
 
     fn say(&mut self, text: String, ctx: &mut Context<Self>) {
         if text.is_empty() {
-            self.reply_error(ErrorCode::BadRequest, "empty message");
+            self.refuse_bad_input(ErrorCode::BadRequest, "empty message", ctx);
             return;
         }
         if text.chars().count() > MAX_TEXT_CHARS {
-            self.reply_error(
-                ErrorCode::BadRequest,
-                format!("message longer than {MAX_TEXT_CHARS} characters"),
-            );
+            let reason = format!("message longer than {MAX_TEXT_CHARS} characters");
+            self.refuse_bad_input(ErrorCode::BadRequest, &reason, ctx);
             return;
         }
         if !self.bucket.take(Instant::now()) {
-            log::warn!(
+            log_noise!(
+                self.peer.ip(),
+                Noise::Limit,
+                log::Level::Warn,
                 "session {} from {}: message rate limit hit",
                 self.id,
                 self.peer
@@ -242,7 +297,10 @@ impl Session {
         if let Some(limit) = self.settings.auth_timeout {
             ctx.run_later(limit, move |act, ctx| {
                 if !matches!(act.stage, Stage::User(_)) {
-                    log::info!(
+                    log_noise!(
+                        act.peer.ip(),
+                        Noise::Connection,
+                        log::Level::Info,
                         "session {} from {}: not authenticated within {limit:?}, closing",
                         act.id,
                         act.peer
@@ -255,7 +313,10 @@ impl Session {
             self.last_heard = Instant::now();
             ctx.run_interval(IDLE_CHECK.min(limit), move |act, ctx| {
                 if act.last_heard.elapsed() >= limit && !act.closing {
-                    log::info!(
+                    log_noise!(
+                        act.peer.ip(),
+                        Noise::Connection,
+                        log::Level::Info,
                         "session {} from {}: idle for {limit:?}, closing",
                         act.id,
                         act.peer
@@ -344,27 +405,32 @@ impl Handler<WriterFinished> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: WriterFinished, ctx: &mut Self::Context) {
+        let (id, peer, ip) = (self.id, self.peer, self.peer.ip());
         match msg.0 {
             WriterEnd::Closed | WriterEnd::Aborted => {}
-            WriterEnd::Lagged => log::warn!(
-                "session {} from {}: fell a whole broadcast ring behind, dropped",
-                self.id,
-                self.peer
+            WriterEnd::Lagged => log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {id} from {peer}: fell a whole broadcast ring behind, dropped"
             ),
-            WriterEnd::SendQueueFull(bytes) => log::warn!(
-                "session {} from {}: {bytes} bytes unsent (over --send-queue), dropped",
-                self.id,
-                self.peer
+            WriterEnd::SendQueueFull(bytes) => log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "session {id} from {peer}: {bytes} bytes unsent (over --send-queue), dropped"
             ),
-            WriterEnd::CloseTimedOut => log::info!(
-                "session {} from {}: last frames not taken in time, closed",
-                self.id,
-                self.peer
+            WriterEnd::CloseTimedOut => log_noise!(
+                ip,
+                Noise::Connection,
+                log::Level::Info,
+                "session {id} from {peer}: last frames not taken in time, closed"
             ),
-            WriterEnd::Io(err) => log::info!(
-                "session {} from {}: write failed: {err}",
-                self.id,
-                self.peer
+            WriterEnd::Io(err) => log_noise!(
+                ip,
+                Noise::Connection,
+                log::Level::Info,
+                "session {id} from {peer}: write failed: {err}"
             ),
         }
         ctx.stop();
@@ -377,12 +443,26 @@ impl StreamHandler<Result<Bytes, FrameError>> for Session {
         match item {
             Ok(payload) => self.handle_payload(payload, ctx),
             Err(err @ FrameError::TooLarge { .. }) => {
-                log::warn!("session {} from {}: {err}; closing", self.id, self.peer);
+                log_noise!(
+                    self.peer.ip(),
+                    Noise::BadInput,
+                    log::Level::Warn,
+                    "session {} from {}: {err}; closing",
+                    self.id,
+                    self.peer
+                );
                 self.reply_error(ErrorCode::FrameTooLarge, err.to_string());
                 self.close(ctx);
             }
             Err(FrameError::Io(err)) => {
-                log::info!("session {} from {}: read failed: {err}", self.id, self.peer);
+                log_noise!(
+                    self.peer.ip(),
+                    Noise::Connection,
+                    log::Level::Info,
+                    "session {} from {}: read failed: {err}",
+                    self.id,
+                    self.peer
+                );
                 ctx.stop();
             }
         }
@@ -392,65 +472,5 @@ impl StreamHandler<Result<Bytes, FrameError>> for Session {
         // The peer closed its side (or the stream failed): let the writer deliver what
         // is queued, then it ends the session.
         self.close(ctx);
-    }
-}
-
-/// The `--msg-rate` allowance: `rate` tokens a second, holding at most `2 × rate`.
-#[derive(Debug, Clone)]
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    updated: Option<Instant>,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> TokenBucket {
-        TokenBucket {
-            rate: f64::from(rate),
-            tokens: 2.0 * f64::from(rate),
-            updated: None,
-        }
-    }
-
-    /// Takes one token if there is one; a zero rate means no limit.
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        if let Some(updated) = self.updated {
-            let refill = now.saturating_duration_since(updated).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + refill).min(2.0 * self.rate);
-        }
-        self.updated = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TokenBucket;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn bucket_allows_a_burst_of_twice_the_rate_then_the_rate() {
-        let mut bucket = TokenBucket::new(5);
-        let start = Instant::now();
-        let burst = (0..20).filter(|_| bucket.take(start)).count();
-        assert_eq!(burst, 10);
-        assert!(!bucket.take(start));
-        assert!(bucket.take(start + Duration::from_millis(210)));
-        assert!(!bucket.take(start + Duration::from_millis(210)));
-    }
-
-    #[test]
-    fn zero_rate_means_unlimited() {
-        let mut bucket = TokenBucket::new(0);
-        let now = Instant::now();
-        assert!((0..10_000).all(|_| bucket.take(now)));
     }
 }

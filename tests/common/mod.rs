@@ -131,6 +131,8 @@ pub struct Launch<'a> {
     pub omit: &'a [&'a str],
     /// Environment variables to set for the server.
     pub env: &'a [(&'a str, &'a str)],
+    /// Open-file limit (soft and hard) to start the server with.
+    pub open_files: Option<u64>,
 }
 
 /// A running `echochat-server` process.
@@ -183,6 +185,22 @@ impl TestServer {
         let mut cmd = server_command(&argv);
         for (k, v) in opts.env {
             cmd.env(k, v);
+        }
+        if let Some(limit) = opts.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only our struct.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -356,6 +374,35 @@ impl TestServer {
     /// Connects a client (does not read the welcome).
     pub fn connect(&self) -> TestClient {
         TestClient::connect(self.addr)
+    }
+
+    /// Connects a client from another loopback address, e.g. `127.0.0.7` (does not
+    /// read the welcome).
+    pub fn connect_from(&self, from: std::net::IpAddr) -> TestClient {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(self.addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        socket
+            .connect(&self.addr.into())
+            .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
+        TestClient::from_stream(socket.into())
+    }
+
+    /// The server's peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
     }
 
     /// Connects a client and reads its `welcome`.

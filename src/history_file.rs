@@ -1,0 +1,368 @@
+//! `history.jsonl` and `ids.json`: the chat's record on disk, and the ids it may use.
+//!
+//! History is appended through a buffer ([`HistoryFile`]); a write that fails (a full
+//! disk) keeps its lines for the next try and cuts off whatever part reached the file,
+//! so the file never holds a broken line before a good one. A file moved or deleted
+//! while the server runs is recreated rather than written into the void.
+//!
+//! Ids are never given twice, even after `kill -9`: a crash may lose the last moments
+//! of chat, and with them the last ids that clients were sent, so the file alone cannot
+//! say which ids are spent. `ids.json` holds the highest id the server may have used;
+//! it is raised durably, a block at a time, before those ids are given
+//! ([`store_reserved_ids`]), and lowered back to the last id used at a clean shutdown,
+//! so that a restart continues one by one.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::identity_file::LoadError;
+use crate::protocol::ChatMessage;
+use crate::state_files;
+
+/// The largest id: JSON numbers are exact up to 2^53 − 1 in every client.
+pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;
+
+/// Longest history line read at start-up: a 4096-character message with every
+/// character escaped is about 25 KB.
+pub const MAX_HISTORY_LINE_BYTES: usize = 256 * 1024;
+
+/// Ids reserved at a time. At thousands of messages a second a block lasts seconds,
+/// so the reservation's fsync is rare; a crash skips at most one block.
+pub const ID_BLOCK: u64 = 10_000;
+
+/// What start-up recovers from `history.jsonl`.
+#[derive(Debug, Default)]
+pub struct LoadedHistory {
+    /// The last messages (at most the number asked for), as MESSAGE payloads.
+    pub recent: VecDeque<Bytes>,
+    /// The highest id in the file (0 when empty).
+    pub last_id: u64,
+    /// Set when an incomplete last line was cut off (a crash mid-append).
+    pub dropped_torn_line: bool,
+}
+
+/// Reads the chat history, keeping the last `keep` messages.
+///
+/// A last line without its newline is the trace of a crash mid-append: it is cut off
+/// the file (so that the next append starts a fresh line) and reported. Any other line
+/// that is not a message, an id that does not grow or is over [`MAX_MESSAGE_ID`], makes
+/// the file corrupt.
+pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError> {
+    let io_err = |e| LoadError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let corrupt = |message: String| LoadError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut loaded = LoadedHistory::default();
+    let Some(file) = state_files::open_private_existing(path).map_err(io_err)? else {
+        return Ok(loaded);
+    };
+    let mut reader = io::BufReader::new(&file);
+    let mut line = Vec::new();
+    let mut good_len: u64 = 0;
+    let mut line_no = 0usize;
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_HISTORY_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if line.last() != Some(&b'\n') {
+            if n > MAX_HISTORY_LINE_BYTES {
+                return Err(corrupt(format!(
+                    "line {line_no} is longer than {MAX_HISTORY_LINE_BYTES} bytes"
+                )));
+            }
+            loaded.dropped_torn_line = true;
+            break;
+        }
+        let body = &line[..line.len() - 1];
+        if body.iter().all(u8::is_ascii_whitespace) {
+            good_len += n as u64;
+            continue;
+        }
+        let message: ChatMessage = serde_json::from_slice(body)
+            .map_err(|e| corrupt(format!("line {line_no} is not a message: {e}")))?;
+        if message.id > MAX_MESSAGE_ID {
+            return Err(corrupt(format!(
+                "line {line_no}: id {} is over the largest id {MAX_MESSAGE_ID}",
+                message.id
+            )));
+        }
+        if message.id <= loaded.last_id {
+            return Err(corrupt(format!(
+                "line {line_no}: id {} does not follow id {}",
+                message.id, loaded.last_id
+            )));
+        }
+        loaded.last_id = message.id;
+        if keep > 0 {
+            if loaded.recent.len() == keep {
+                loaded.recent.pop_front();
+            }
+            loaded.recent.push_back(Bytes::copy_from_slice(body));
+        }
+        good_len += n as u64;
+    }
+    if loaded.dropped_torn_line {
+        file.set_len(good_len)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err)?;
+    }
+    Ok(loaded)
+}
+
+/// The content of `ids.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct IdReservation {
+    /// The highest id that may have been given to a message.
+    reserved_through: u64,
+}
+
+/// The highest id reserved by an earlier run (0 when there is no `ids.json`).
+pub fn load_reserved_ids(path: &Path) -> Result<u64, LoadError> {
+    let Some(bytes) = state_files::read_bounded(path, 4096).map_err(|e| LoadError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?
+    else {
+        return Ok(0);
+    };
+    let corrupt = |message: String| LoadError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reservation: IdReservation =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if reservation.reserved_through > MAX_MESSAGE_ID {
+        return Err(corrupt(format!(
+            "reserved id {} is over the largest id {MAX_MESSAGE_ID}",
+            reservation.reserved_through
+        )));
+    }
+    Ok(reservation.reserved_through)
+}
+
+/// Records durably that ids up to `through` may be used.
+pub fn store_reserved_ids(path: &Path, through: u64) -> io::Result<()> {
+    let text = serde_json::to_vec(&IdReservation {
+        reserved_through: through,
+    })?;
+    state_files::write_atomically(path, &text)
+}
+
+/// `history.jsonl` open for appending.
+pub struct HistoryFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes of the open file known to be whole lines.
+    len: u64,
+    /// Whether a failed write may have left bytes beyond `len`.
+    torn: bool,
+    /// Lines accepted and not yet written.
+    pending: Vec<u8>,
+}
+
+impl HistoryFile {
+    /// The history file at `path`, opened on first write.
+    pub fn new(path: &Path) -> HistoryFile {
+        HistoryFile {
+            path: path.to_path_buf(),
+            file: None,
+            len: 0,
+            torn: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Queues one MESSAGE payload (JSON text, no newline).
+    pub fn append(&mut self, payload: &[u8]) {
+        self.pending.extend_from_slice(payload);
+        self.pending.push(b'\n');
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the open file is still the one at the path. If the file was moved,
+    /// deleted or replaced while the server runs, appending to the old handle would
+    /// put chat where nobody looks; it is reopened instead.
+    fn file_is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = self.file.as_ref() else {
+            return false;
+        };
+        match (file.metadata(), fs::metadata(&self.path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+
+    /// Writes queued lines (fsynced with `sync`); on failure they stay queued.
+    pub fn flush(&mut self, sync: bool) -> io::Result<()> {
+        if self.pending.is_empty() && !sync {
+            return Ok(());
+        }
+        if !self.file_is_current() {
+            self.file = None;
+        }
+        let result = (|| -> io::Result<()> {
+            let file = match self.file.as_mut() {
+                Some(file) => file,
+                None => {
+                    let file = state_files::open_private_append(&self.path)?;
+                    self.len = file.metadata()?.len();
+                    self.torn = false;
+                    self.file.insert(file)
+                }
+            };
+            if self.torn {
+                file.set_len(self.len)?;
+                self.torn = false;
+            }
+            if !self.pending.is_empty() {
+                self.torn = true;
+                file.write_all(&self.pending)?;
+                self.torn = false;
+                self.len += self.pending.len() as u64;
+                self.pending.clear();
+            }
+            if sync {
+                file.sync_data()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.torn = true;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_line(id: u64) -> String {
+        format!(r#"{{"type":"message","id":{id},"from":"a","text":"t{id}","ts":1}}"#)
+    }
+
+    #[test]
+    fn keeps_the_last_messages_and_the_last_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let text: String = (1..=5).map(|i| message_line(i) + "\n").collect();
+        fs::write(&path, text).unwrap();
+        let loaded = load_history(&path, 2).unwrap();
+        assert_eq!(loaded.last_id, 5);
+        assert_eq!(loaded.recent.len(), 2);
+        assert_eq!(loaded.recent[0], message_line(4).as_bytes());
+        assert!(!loaded.dropped_torn_line);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let good = message_line(1) + "\n";
+        fs::write(&path, format!("{good}{{\"type\":\"mess")).unwrap();
+        let loaded = load_history(&path, 10).unwrap();
+        assert!(loaded.dropped_torn_line);
+        assert_eq!(loaded.last_id, 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn bad_lines_and_bad_ids_make_history_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        for (text, expect) in [
+            (
+                format!("{}\ngarbage\n{}\n", message_line(1), message_line(2)),
+                "line 2",
+            ),
+            (
+                format!("{}\n{}\n", message_line(2), message_line(2)),
+                "does not follow",
+            ),
+            (
+                format!("{}\n{}\n", message_line(5), message_line(3)),
+                "does not follow",
+            ),
+            (format!("{}\n", message_line(u64::MAX)), "largest id"),
+            (
+                format!("{}\n", message_line(MAX_MESSAGE_ID + 1)),
+                "largest id",
+            ),
+        ] {
+            fs::write(&path, &text).unwrap();
+            let err = load_history(&path, 10).unwrap_err();
+            assert!(err.to_string().contains(expect), "{err}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), text, "left as it was");
+        }
+        fs::write(&path, format!("{}\n", message_line(MAX_MESSAGE_ID))).unwrap();
+        assert_eq!(load_history(&path, 1).unwrap().last_id, MAX_MESSAGE_ID);
+    }
+
+    #[test]
+    fn reservations_round_trip_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.json");
+        assert_eq!(load_reserved_ids(&path).unwrap(), 0);
+        store_reserved_ids(&path, 20_000).unwrap();
+        assert_eq!(load_reserved_ids(&path).unwrap(), 20_000);
+        fs::write(&path, format!("{{\"reserved_through\":{}}}", u64::MAX)).unwrap();
+        assert!(load_reserved_ids(&path).is_err());
+        fs::write(&path, "nonsense").unwrap();
+        assert!(load_reserved_ids(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("ids.json"));
+    }
+
+    #[test]
+    fn appends_survive_a_replaced_file_and_a_failed_write_leaves_no_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let mut history = HistoryFile::new(&path);
+        history.append(message_line(1).as_bytes());
+        history.flush(false).unwrap();
+        fs::remove_file(&path).unwrap();
+        history.append(message_line(2).as_bytes());
+        history.flush(true).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), message_line(2) + "\n");
+
+        // A failed write: simulate bytes that landed before the failure.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"type\":\"mes")
+            .unwrap();
+        history.torn = true;
+        history.append(message_line(3).as_bytes());
+        history.flush(false).unwrap();
+        let loaded = load_history(&path, 10).unwrap();
+        assert_eq!(loaded.last_id, 3);
+        assert!(!loaded.dropped_torn_line);
+    }
+}

@@ -1,0 +1,308 @@
+//! The rate limits, as plain data with no actor code: where to look to change a limit.
+//!
+//! - [`TokenBucket`]: so many events a second with bursts, for `--msg-rate` (per
+//!   connection and per account) and for pacing authentications per address.
+//! - [`KeyedBuckets`]: one bucket per key (address, account), forgetting idle ones.
+//! - [`WindowLimiter`]: so many events per key in a sliding window, with events still
+//!   in progress counted in advance, for `--login-rate` (guesses per address and per
+//!   account) and `--register-rate` (new accounts per address).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// `rate` tokens a second, holding at most `burst`; a zero rate means no limit.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens refilled at `rate` a second.
+    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            updated: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(updated) = self.updated {
+            let refill = now.saturating_duration_since(updated).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.updated = Some(now);
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes one token, now or in the future: how long to wait until it is due. The
+    /// token is spoken for at once, so callers queue up behind each other.
+    pub fn take_or_wait(&mut self, now: Instant) -> Duration {
+        if self.rate == 0.0 {
+            return Duration::ZERO;
+        }
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// Whether the bucket is full at `now` (so forgetting it changes nothing).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let mut probe = self.clone();
+        probe.refill(now);
+        probe.tokens >= probe.burst
+    }
+}
+
+/// A [`TokenBucket`] per key, made on first use.
+#[derive(Debug)]
+pub struct KeyedBuckets<K> {
+    rate: u32,
+    burst: u32,
+    buckets: HashMap<K, TokenBucket>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
+    /// Buckets of `burst` tokens refilled at `rate` a second (0: no limit).
+    pub fn new(rate: u32, burst: u32) -> KeyedBuckets<K> {
+        KeyedBuckets {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn bucket(&mut self, key: &K) -> &mut TokenBucket {
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(rate, burst))
+    }
+
+    /// See [`TokenBucket::take`].
+    pub fn take(&mut self, key: &K, now: Instant) -> bool {
+        self.rate == 0 || self.bucket(key).take(now)
+    }
+
+    /// See [`TokenBucket::take_or_wait`].
+    pub fn take_or_wait(&mut self, key: &K, now: Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        self.bucket(key).take_or_wait(now)
+    }
+
+    /// Forgets full buckets: a new one would be the same.
+    pub fn prune(&mut self, now: Instant) {
+        self.buckets.retain(|_, b| !b.is_full(now));
+    }
+
+    /// Keys with a bucket that is not full.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no key has a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Events of one key in the window.
+#[derive(Debug, Default)]
+struct Events {
+    times: VecDeque<Instant>,
+    /// Events begun and not yet ended (a password being checked), counted against the
+    /// limit in advance so that a burst cannot slip past it while they run.
+    in_flight: usize,
+}
+
+/// At most `limit` events per key in any `window`; a zero limit means no limit.
+#[derive(Debug)]
+pub struct WindowLimiter<K> {
+    limit: usize,
+    window: Duration,
+    keys: HashMap<K, Events>,
+}
+
+impl<K: Hash + Eq + Clone> WindowLimiter<K> {
+    /// `limit` events per key per `window` (0: no limit).
+    pub fn new(limit: usize, window: Duration) -> WindowLimiter<K> {
+        WindowLimiter {
+            limit,
+            window,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Whether `key` has used up its events (those in flight included).
+    pub fn exceeded(&mut self, key: &K, now: Instant) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let window = self.window;
+        let Some(events) = self.keys.get_mut(key) else {
+            return false;
+        };
+        while events
+            .times
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            events.times.pop_front();
+        }
+        events.times.len() + events.in_flight >= self.limit
+    }
+
+    /// An event of `key` has begun and may yet count.
+    pub fn begin(&mut self, key: &K) {
+        if self.limit > 0 {
+            self.keys.entry(key.clone()).or_default().in_flight += 1;
+        }
+    }
+
+    /// An event begun with [`begin`](Self::begin) has ended (counted or not).
+    pub fn end(&mut self, key: &K) {
+        if let Some(events) = self.keys.get_mut(key) {
+            events.in_flight = events.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Counts an event of `key` at `now`.
+    pub fn record(&mut self, key: &K, now: Instant) {
+        if self.limit == 0 {
+            return;
+        }
+        let events = self.keys.entry(key.clone()).or_default();
+        events.times.push_back(now);
+        while events.times.len() > self.limit {
+            events.times.pop_front();
+        }
+    }
+
+    /// Forgets keys with nothing left in the window.
+    pub fn prune(&mut self, now: Instant) {
+        let window = self.window;
+        self.keys.retain(|_, e| {
+            e.in_flight > 0
+                || e.times
+                    .back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+        });
+    }
+
+    /// Keys tracked now.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut bucket = TokenBucket::new(5, 10);
+        let start = Instant::now();
+        assert_eq!((0..20).filter(|_| bucket.take(start)).count(), 10);
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(210)));
+        assert!(!bucket.take(start + Duration::from_millis(210)));
+    }
+
+    #[test]
+    fn zero_rate_means_unlimited() {
+        let mut bucket = TokenBucket::new(0, 0);
+        let now = Instant::now();
+        assert!((0..10_000).all(|_| bucket.take(now)));
+        assert_eq!(bucket.take_or_wait(now), Duration::ZERO);
+    }
+
+    #[test]
+    fn waiting_takers_queue_up() {
+        let mut bucket = TokenBucket::new(10, 2);
+        let now = Instant::now();
+        assert_eq!(bucket.take_or_wait(now), Duration::ZERO);
+        assert_eq!(bucket.take_or_wait(now), Duration::ZERO);
+        let third = bucket.take_or_wait(now);
+        let fourth = bucket.take_or_wait(now);
+        assert!((third.as_secs_f64() - 0.1).abs() < 1e-6, "{third:?}");
+        assert!((fourth.as_secs_f64() - 0.2).abs() < 1e-6, "{fourth:?}");
+    }
+
+    #[test]
+    fn keyed_buckets_are_apart_and_forgotten_when_full() {
+        let mut buckets = KeyedBuckets::new(1, 2);
+        let now = Instant::now();
+        assert!(buckets.take(&"a", now));
+        assert!(buckets.take(&"a", now));
+        assert!(!buckets.take(&"a", now));
+        assert!(buckets.take(&"b", now));
+        buckets.prune(now);
+        assert_eq!(buckets.len(), 2);
+        buckets.prune(now + Duration::from_secs(3));
+        assert!(buckets.is_empty());
+    }
+
+    #[test]
+    fn window_counts_events_and_those_in_flight() {
+        let mut limiter = WindowLimiter::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        limiter.record(&"ip", now);
+        limiter.begin(&"ip");
+        assert!(!limiter.exceeded(&"ip", now));
+        limiter.begin(&"ip");
+        assert!(limiter.exceeded(&"ip", now), "two in flight count already");
+        limiter.end(&"ip");
+        limiter.end(&"ip");
+        assert!(!limiter.exceeded(&"ip", now));
+        assert!(!limiter.exceeded(&"other", now));
+        limiter.record(&"ip", now);
+        limiter.record(&"ip", now);
+        assert!(limiter.exceeded(&"ip", now));
+        let later = now + Duration::from_secs(60);
+        assert!(!limiter.exceeded(&"ip", later), "the window moved on");
+        limiter.prune(later);
+        assert!(limiter.is_empty());
+    }
+
+    #[test]
+    fn zero_limit_is_off() {
+        let mut limiter = WindowLimiter::new(0, Duration::from_secs(1));
+        let now = Instant::now();
+        for _ in 0..100 {
+            limiter.begin(&1);
+            limiter.record(&1, now);
+        }
+        assert!(!limiter.exceeded(&1, now));
+        assert!(limiter.is_empty());
+    }
+}
