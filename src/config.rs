@@ -2,7 +2,7 @@
 //! `ECHOCHAT_*` environment variable (the flag wins). The port prompt is the client's
 //! (`client::prompt::ask_port`): both binaries ask it the same way.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ pub const MIN_PBKDF2_ROUNDS: u32 = 1000;
     about = "echochat: a TCP chat server with accounts"
 )]
 pub struct ServerConfig {
-    /// Address to bind.
+    /// Address to bind: an IP address or a host name (resolved at start).
     #[arg(long, env = "ECHOCHAT_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    pub host: String,
 
     /// First port to try (the 99 after it are tried too); 0 lets the OS pick.
     /// Without it, and with stdin on a terminal, the server asks.
@@ -116,6 +116,25 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The address to bind: `--host` itself when it is an IP address, else the first
+    /// address the name resolves to (IPv4 preferred, as most clients try it first).
+    pub fn bind_address(&self) -> Result<IpAddr, String> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let addresses: Vec<IpAddr> = (self.host.as_str(), 0)
+            .to_socket_addrs()
+            .map_err(|e| format!("--host {}: cannot resolve it: {e}", self.host))?
+            .map(|a| a.ip())
+            .collect();
+        addresses
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .or(addresses.first())
+            .copied()
+            .ok_or_else(|| format!("--host {}: the name has no address", self.host))
+    }
+
     /// `None` when the limit is switched off with 0.
     pub fn auth_timeout(&self) -> Option<Duration> {
         (self.auth_timeout > 0).then(|| Duration::from_secs(self.auth_timeout))
@@ -141,5 +160,18 @@ mod tests {
             ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
         assert!(config.validate().is_err());
         assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn host_names_resolve_and_addresses_stay() {
+        let config =
+            |host: &str| ServerConfig::try_parse_from(["echochat-server", "--host", host]).unwrap();
+        assert_eq!(
+            config("::1").bind_address(),
+            Ok("::1".parse::<IpAddr>().unwrap())
+        );
+        assert!(config("localhost").bind_address().unwrap().is_loopback());
+        let err = config("no-such-host.invalid").bind_address().unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
     }
 }

@@ -122,19 +122,34 @@ fn bind(host: IpAddr, port: u16) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
+/// A bound listener, and the ports tried before it that were busy.
+pub struct Bound {
+    pub listener: StdListener,
+    pub busy: Vec<u16>,
+}
+
 /// Binds `host:port`, or the next free port among `attempts` (port 0: the OS picks).
-pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<StdListener, String> {
+pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<Bound, String> {
     if port == 0 {
-        return bind(host, 0).map_err(|e| format!("cannot bind {host}:0: {e}"));
+        return bind(host, 0)
+            .map(|listener| Bound {
+                listener,
+                busy: Vec::new(),
+            })
+            .map_err(|e| format!("cannot bind {host}:0: {e}"));
     }
+    let mut busy = Vec::new();
     let mut last_error = None;
     for offset in 0..attempts {
         let Some(candidate) = port.checked_add(offset) else {
             break;
         };
         match bind(host, candidate) {
-            Ok(listener) => return Ok(listener),
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => last_error = Some(err),
+            Ok(listener) => return Ok(Bound { listener, busy }),
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+                busy.push(candidate);
+                last_error = Some(err);
+            }
             Err(err) => return Err(format!("cannot bind {host}:{candidate}: {err}")),
         }
     }
@@ -143,6 +158,27 @@ pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<StdL
         "no free port between {port} and {last} on {host}: {}",
         last_error.map_or_else(|| "out of range".to_string(), |e| e.to_string())
     ))
+}
+
+/// `ports` as ranges: `9090-9092, 9095`.
+pub fn describe_ports(ports: &[u16]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let start = ports[i];
+        let mut end = start;
+        while i + 1 < ports.len() && ports[i + 1] == end.wrapping_add(1) {
+            end = ports[i + 1];
+            i += 1;
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(", ")
 }
 
 /// Accepts connections until `stop` is cancelled, spreading sessions round-robin over
@@ -219,6 +255,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn busy_ports_read_as_ranges() {
+        assert_eq!(describe_ports(&[9090, 9091, 9092, 9095]), "9090-9092, 9095");
+        assert_eq!(describe_ports(&[7]), "7");
+        assert_eq!(describe_ports(&[]), "");
+    }
+
+    #[test]
     fn slots_are_taken_up_to_the_capacity_and_given_back() {
         let slots = ConnectionSlots::new(2);
         let a = slots.take().unwrap();
@@ -251,13 +294,16 @@ mod tests {
     #[test]
     fn a_taken_port_moves_to_the_next() {
         let host: IpAddr = "127.0.0.1".parse().unwrap();
-        let first = bind_with_fallback(host, 0, 1).unwrap();
+        let first = bind_with_fallback(host, 0, 1).unwrap().listener;
         let taken = first.local_addr().unwrap().port();
         if taken > u16::MAX - 5 {
             return;
         }
         match bind_with_fallback(host, taken, 5) {
-            Ok(second) => assert!(second.local_addr().unwrap().port() > taken),
+            Ok(second) => {
+                assert!(second.listener.local_addr().unwrap().port() > taken);
+                assert_eq!(second.busy.first(), Some(&taken));
+            }
             // The next ports may happen to be taken too; never the same one.
             Err(reason) => assert!(reason.contains("no free port"), "{reason}"),
         }

@@ -23,7 +23,7 @@ use echochat::history_file::{
 };
 use echochat::identity_file::IdentityFile;
 use echochat::listener::{self, accept_loop, bind_with_fallback, ConnectionSlots};
-use echochat::{logging, state_files};
+use echochat::{logging, state_files, text};
 
 fn main() -> ExitCode {
     let config = match ServerConfig::try_parse() {
@@ -127,7 +127,12 @@ fn run(config: ServerConfig) -> Result<(), String> {
         .unwrap_or(DEFAULT_PORT),
         None => DEFAULT_PORT,
     };
-    let listener = bind_with_fallback(config.host, port, PORT_ATTEMPTS)?;
+    let host = config.bind_address()?;
+    if host.to_string() != config.host {
+        log::info!("--host {} resolved to {host}", text::quote(&config.host));
+    }
+    let bound = bind_with_fallback(host, port, PORT_ATTEMPTS)?;
+    let listener = bound.listener;
     let address = listener
         .local_addr()
         .map_err(|e| format!("bound socket has no address: {e}"))?;
@@ -139,6 +144,13 @@ fn run(config: ServerConfig) -> Result<(), String> {
         writeln!(out, "listening on {address}")
             .and_then(|_| out.flush())
             .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    if !bound.busy.is_empty() {
+        log::warn!(
+            "port {} busy, so {} was taken instead",
+            listener::describe_ports(&bound.busy),
+            address.port()
+        );
     }
     log::info!(
         "listening on {address} (state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections)",

@@ -113,6 +113,15 @@ pub fn quote(s: &str) -> String {
     excerpt(s, LOG_EXCERPT_CHARS)
 }
 
+/// `n` and the noun that goes with it: `1 connection`, `2 connections`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +152,13 @@ mod tests {
         assert_eq!(excerpt("a\nbc", 2), "a\\u{000a}…(+2 chars)");
         let long = "x".repeat(100_000);
         assert!(quote(&long).len() < 120);
+    }
+
+    #[test]
+    fn counts_read_well() {
+        assert_eq!(plural(1, "user", "users"), "1 user");
+        assert_eq!(plural(0, "user", "users"), "0 users");
+        assert_eq!(plural(2, "copy", "copies"), "2 copies");
     }
 
     #[test]

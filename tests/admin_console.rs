@@ -57,16 +57,23 @@ fn unknown_and_malformed_commands_are_reported() {
     server.admin("frobnicate now please");
     let line = server.expect_stdout("for frobnicate", |l| l.contains("frobnicate"));
     assert_eq!(line.trim(), "unknown command: frobnicate (try 'help')");
-    // Known words with bad arguments are malformed.
-    server.admin("kick");
-    let line = server.expect_stdout("for kick", |l| l.contains("kick"));
-    assert_eq!(line.trim(), "unknown command: kick (try 'help')");
-    server.admin("logs many");
-    let line = server.expect_stdout("for logs", |l| l.contains("logs"));
-    assert_eq!(line.trim(), "unknown command: logs (try 'help')");
-    server.admin("pause now");
-    let line = server.expect_stdout("for pause", |l| l.contains("pause"));
-    assert_eq!(line.trim(), "unknown command: pause (try 'help')");
+    // Known words with a missing or bad argument get a usage line saying what is wrong.
+    for (command, expected) in [
+        ("kick", "usage: kick NAME (the name is missing)"),
+        ("say", "usage: say TEXT (the text is missing)"),
+        (
+            "logs many",
+            "usage: logs [N] (N is how many last lines to show, a whole number; got 'many')",
+        ),
+        (
+            "pause now",
+            "usage: pause (it takes no argument, got 'now')",
+        ),
+    ] {
+        server.admin(command);
+        let line = server.expect_stdout(command, |l| l.starts_with("usage:"));
+        assert_eq!(line.trim(), expected);
+    }
     // Nothing changed: still serving, not paused.
     server.connect_greeted().ping();
     let status = server.admin_output("status").join("\n");
@@ -342,6 +349,10 @@ fn quit_command() {
 fn end_of_stdin_closes_only_the_console() {
     let mut server = TestServer::start();
     server.close_stdin();
+    // Said once on the console, so whoever watches it knows commands are over.
+    let said = server.expect_stdout("end of input", |l| l.contains("console input ended"));
+    assert!(said.contains("keeps running"), "{said}");
+    assert_eq!(server.read_stdout_line(QUIET), None, "said once");
     // The server keeps serving: nothing to wait for but its continued work.
     let (mut a, _) = registered(&server, "ann", PW);
     a.say("still up");

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tokio_util::codec::Decoder;
 
-use echochat::actors::admin_console::{parse_command, Command};
+use echochat::actors::admin_console::{parse_command, Command, ConsoleError};
 use echochat::codec::{FrameCodec, FrameError};
 use echochat::protocol::ClientMessage;
 
@@ -198,10 +198,18 @@ fn console_parser_never_panics_and_names_the_first_word() {
             match parse_command(&line) {
                 Ok(None) => prop_assert!(line.trim().is_empty()),
                 Ok(Some(_)) => {}
-                Err(unknown) => {
+                Err(ConsoleError::Unknown(word)) => {
                     let first = line.split_whitespace().next().unwrap_or("");
-                    prop_assert_eq!(unknown.0, first);
+                    prop_assert_eq!(word, first);
                 }
+                Err(error @ ConsoleError::Usage { .. }) => {
+                    prop_assert!(error.to_string().starts_with("usage: "));
+                }
+            }
+            // Whatever was typed, the answer is one line without control characters.
+            if let Err(error) = parse_command(&line) {
+                let shown = error.to_string();
+                prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
             }
             Ok(())
         })

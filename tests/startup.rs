@@ -59,6 +59,38 @@ fn a_busy_port_moves_on_to_the_next_ones() {
         format!("listening on 127.0.0.1:{}", server.port())
     );
     server.connect_greeted().ping();
+    // The move is said in the log, not on the console.
+    let line = server.wait_log_line(RECV_TIMEOUT, |l| l.contains("busy"));
+    assert!(
+        line.contains(&format!("port {busy}")) && line.contains(&server.port().to_string()),
+        "{line}"
+    );
+}
+
+#[test]
+fn host_takes_a_name_and_says_which_address_it_bound() {
+    let server = TestServer::start_with(&["--host", "localhost"]);
+    assert_eq!(
+        server.first_line(),
+        format!("listening on 127.0.0.1:{}", server.port())
+    );
+    server.connect_greeted().ping();
+    let line = server.wait_log_line(RECV_TIMEOUT, |l| l.contains("resolved"));
+    assert!(
+        line.contains("localhost") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_to_exit(
+        dir.path(),
+        &["--host", "no-such-host.invalid"],
+        Duration::from_secs(30),
+    );
+    assert!(matches!(out.status, Some(s) if !s.success()));
+    let stderr = out.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-host.invalid"), "{stderr}");
 }
 
 #[test]

@@ -17,90 +17,11 @@ use super::chat_server::{
 };
 use super::persistence::{ClearLog, Persistence};
 use crate::logging;
-use crate::protocol::MAX_TEXT_CHARS;
-use crate::text::escape;
+use crate::text::{escape, plural};
 
-/// One admin command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Help,
-    Status,
-    Users,
-    Pause,
-    Resume,
-    /// The whole log, or its last N lines.
-    Logs(Option<usize>),
-    ClearLogs,
-    ClearIds,
-    Kick(String),
-    Say(String),
-    Shutdown,
-}
+mod command;
 
-/// A line that is not a command; printed as `unknown command: <word> (try 'help')`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownCommand(pub String);
-
-impl std::fmt::Display for UnknownCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unknown command: {} (try 'help')", self.0)
-    }
-}
-
-/// What `help` prints.
-pub const HELP: &str = "\
-commands:
-  help              this list
-  status            address, paused or not, users online, connections, uptime
-  users             the users online
-  pause             stop greeting new connections (they wait)
-  resume            greet the waiting connections, and new ones again
-  logs [N]          the log file (its last N lines)
-  clear-logs        empty the log file
-  clear-ids         forget every account, password, IP identification and token
-  kick NAME         disconnect a user, telling them why
-  say TEXT          a message from 'server' to everyone
-  shutdown          stop the server (also: exit, quit)";
-
-/// Parses one console line. An empty line is `Ok(None)`; anything unknown or malformed
-/// is an error naming the first word.
-pub fn parse_command(line: &str) -> Result<Option<Command>, UnknownCommand> {
-    let line = line.trim();
-    let Some(word) = line.split_whitespace().next() else {
-        return Ok(None);
-    };
-    let rest = line[word.len()..].trim();
-    let unknown = || UnknownCommand(word.to_string());
-    let no_args = |command: Command| {
-        if rest.is_empty() {
-            Ok(Some(command))
-        } else {
-            Err(unknown())
-        }
-    };
-    match word {
-        "help" => no_args(Command::Help),
-        "status" => no_args(Command::Status),
-        "users" => no_args(Command::Users),
-        "pause" => no_args(Command::Pause),
-        "resume" => no_args(Command::Resume),
-        "clear-logs" => no_args(Command::ClearLogs),
-        "clear-ids" => no_args(Command::ClearIds),
-        "shutdown" | "exit" | "quit" => no_args(Command::Shutdown),
-        "logs" if rest.is_empty() => Ok(Some(Command::Logs(None))),
-        "logs" => rest
-            .parse::<usize>()
-            .map(|n| Some(Command::Logs(Some(n))))
-            .map_err(|_| unknown()),
-        "kick" if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
-            Ok(Some(Command::Kick(rest.to_string())))
-        }
-        "say" if !rest.is_empty() && rest.chars().count() <= MAX_TEXT_CHARS => {
-            Ok(Some(Command::Say(rest.to_string())))
-        }
-        _ => Err(unknown()),
-    }
-}
+pub use self::command::{parse_command, Command, ConsoleError, HELP};
 
 /// The actor. See the module documentation.
 pub struct AdminConsole {
@@ -193,7 +114,7 @@ impl AdminConsole {
                     if n == 0 {
                         format!("no such user online: {asked}")
                     } else {
-                        format!("kicked {asked} ({n} connections)")
+                        format!("kicked {asked} ({})", plural(n, "connection", "connections"))
                     }
                 })
             }
@@ -247,7 +168,7 @@ impl Handler<ConsoleLine> for AdminConsole {
         match parse_command(&msg.0) {
             Ok(Some(command)) => self.run(command, ctx),
             Ok(None) => {}
-            Err(unknown) => print_out(&unknown.to_string()),
+            Err(error) => print_out(&error.to_string()),
         }
     }
 }
@@ -262,6 +183,7 @@ impl Handler<ConsoleClosed> for AdminConsole {
 
     fn handle(&mut self, _: ConsoleClosed, ctx: &mut Self::Context) {
         log::info!("admin console input closed; the server keeps running");
+        print_out("console input ended; the server keeps running (stop it with a signal)");
         ctx.stop();
     }
 }
@@ -316,62 +238,6 @@ fn format_uptime(uptime: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(line: &str) -> Result<Option<Command>, UnknownCommand> {
-        parse_command(line)
-    }
-
-    #[test]
-    fn every_command_parses() {
-        assert_eq!(parse("help"), Ok(Some(Command::Help)));
-        assert_eq!(parse("status"), Ok(Some(Command::Status)));
-        assert_eq!(parse("users"), Ok(Some(Command::Users)));
-        assert_eq!(parse("pause"), Ok(Some(Command::Pause)));
-        assert_eq!(parse("resume"), Ok(Some(Command::Resume)));
-        assert_eq!(parse("logs"), Ok(Some(Command::Logs(None))));
-        assert_eq!(parse("logs 20"), Ok(Some(Command::Logs(Some(20)))));
-        assert_eq!(parse("clear-logs"), Ok(Some(Command::ClearLogs)));
-        assert_eq!(parse("clear-ids"), Ok(Some(Command::ClearIds)));
-        assert_eq!(parse("kick bob"), Ok(Some(Command::Kick("bob".into()))));
-        assert_eq!(
-            parse("say hello  there"),
-            Ok(Some(Command::Say("hello  there".into())))
-        );
-        for word in ["shutdown", "exit", "quit"] {
-            assert_eq!(parse(word), Ok(Some(Command::Shutdown)));
-        }
-    }
-
-    #[test]
-    fn spaces_and_empty_lines() {
-        assert_eq!(parse(""), Ok(None));
-        assert_eq!(parse("   \t \r\n"), Ok(None));
-        assert_eq!(parse("  status  \r\n"), Ok(Some(Command::Status)));
-        assert_eq!(parse("logs    3 "), Ok(Some(Command::Logs(Some(3)))));
-        assert_eq!(parse("kick   zoë\n"), Ok(Some(Command::Kick("zoë".into()))));
-        assert_eq!(parse("say   hi\n"), Ok(Some(Command::Say("hi".into()))));
-    }
-
-    #[test]
-    fn junk_and_malformed_commands_name_their_first_word() {
-        let unknown = |w: &str| Err(UnknownCommand(w.to_string()));
-        assert_eq!(parse("dance"), unknown("dance"));
-        assert_eq!(parse("STATUS"), unknown("STATUS"));
-        assert_eq!(parse("status now"), unknown("status"));
-        assert_eq!(parse("logs many"), unknown("logs"));
-        assert_eq!(parse("logs -1"), unknown("logs"));
-        assert_eq!(parse("logs 1 2"), unknown("logs"));
-        assert_eq!(parse("kick"), unknown("kick"));
-        assert_eq!(parse("kick two names"), unknown("kick"));
-        assert_eq!(parse("say"), unknown("say"));
-        assert_eq!(parse("say    "), unknown("say"));
-        assert_eq!(parse(&format!("say {}", "x".repeat(4097))), unknown("say"));
-        assert_eq!(parse("\u{fffd}\u{fffd} x"), unknown("\u{fffd}\u{fffd}"));
-        assert_eq!(
-            UnknownCommand("dance".into()).to_string(),
-            "unknown command: dance (try 'help')"
-        );
-    }
 
     #[test]
     fn uptime_reads_well() {

@@ -37,6 +37,7 @@ use crate::logging::Noise;
 use crate::names::{self, confusable_keys, name_key};
 use crate::outbound::{Broadcaster, Outbox, SessionId};
 use crate::protocol::{AuthErrorCode, ChatMessage, ErrorCode, ServerMessage};
+use crate::text::plural;
 
 /// How often expired tokens and idle limiter entries are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -983,8 +984,8 @@ impl Handler<SetPaused> for ChatServer {
         }
         let waiting: Vec<SessionId> = self.waiting.drain(..).collect();
         log::info!(
-            "greeting resumed by the admin; {} waiting connections greeted",
-            waiting.len()
+            "greeting resumed by the admin; {} greeted",
+            plural(waiting.len(), "waiting connection", "waiting connections")
         );
         for id in &waiting {
             self.greet(*id);
@@ -1085,7 +1086,11 @@ impl Handler<Kick> for ChatServer {
             }
         }
         if kicked > 0 {
-            log::warn!("{} kicked by the admin ({kicked} connections)", msg.name);
+            log::warn!(
+                "{} kicked by the admin ({})",
+                msg.name,
+                plural(kicked, "connection", "connections")
+            );
         }
         kicked
     }
@@ -1147,8 +1152,8 @@ impl Handler<Shutdown> for ChatServer {
                 ctx.run_later(SHUTDOWN_GRACE, |act, _| {
                     if !act.connections.is_empty() {
                         log::warn!(
-                            "{} connections still open after the grace period",
-                            act.connections.len()
+                            "{} still open after the grace period",
+                            plural(act.connections.len(), "connection", "connections")
                         );
                     }
                     System::current().stop();

@@ -62,7 +62,14 @@ impl ServerProcess {
             ])
             // One address plays thousands of users: no per-address authentication,
             // registration or guess limits.
-            .args(["--login-rate", "0", "--register-rate", "0", "--auth-rate", "0"])
+            .args([
+                "--login-rate",
+                "0",
+                "--register-rate",
+                "0",
+                "--auth-rate",
+                "0",
+            ])
             .arg("--state-dir")
             .arg(&state_dir);
         if let Some(rounds) = launch.pbkdf2_rounds {
