@@ -513,14 +513,15 @@ fn a_resume_loop_does_not_flood_others_with_joined_and_left() {
         c.expect_closed(RECV_TIMEOUT);
     }
     let mut presence = 0;
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(4);
     while let Some(f) = watcher.try_recv(deadline.saturating_duration_since(Instant::now())) {
         if f["type"] == "joined" || f["type"] == "left" {
             presence += 1;
         }
     }
+    // Told once that the user left and came back, then once that they left for good.
     assert!(
-        presence <= 2,
+        presence <= 3,
         "{presence} joined/left frames for one flapping user"
     );
 }

@@ -460,6 +460,7 @@ impl Actor for ChatServer {
                 act.note_identities(vec![IdentityChange::PruneExpired { now_ms: now }]);
             }
             act.limits.prune(Instant::now());
+            act.presence.prune(Instant::now());
         });
     }
 }
@@ -582,12 +583,18 @@ impl Handler<Disconnect> for ChatServer {
             msg.id,
             conn.ip
         );
-        if let Some(departure) = conn.user.and_then(|key| self.presence.depart(&key)) {
-            ctx.run_later(LEFT_GRACE, move |act, _| {
-                if let Some(name) = act.presence.departure_due(&departure) {
-                    act.broadcast_event(&ServerMessage::Left { name }, None);
+        if let Some(key) = conn.user {
+            match self.presence.depart(&key, Instant::now()) {
+                Departure::Stayed => {}
+                Departure::Left(name) => self.broadcast_event(&ServerMessage::Left { name }, None),
+                Departure::Held(held) => {
+                    ctx.run_later(LEFT_GRACE, move |act, _| {
+                        if let Some(name) = act.presence.departure_due(&held, Instant::now()) {
+                            act.broadcast_event(&ServerMessage::Left { name }, None);
+                        }
+                    });
                 }
-            });
+            }
         }
         self.finish_shutdown_if_drained();
     }

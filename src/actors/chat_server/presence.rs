@@ -2,15 +2,19 @@
 //!
 //! Plain data with no actor code. A user is online while at least one of their
 //! connections is authenticated; the others are told `joined` on the first and `left`
-//! after the last. A `left` is held back for [`LEFT_GRACE`]: if the user returns in that
-//! time (a reconnect, a resume-and-quit loop) neither the `left` nor the next `joined`
-//! is announced, so flapping does not flood everyone's screen.
+//! after the last, at once. A user who flaps (leaves again within [`FLAP_WINDOW`] of
+//! their last announced `left`, as a resume-and-quit loop or a bad network does) has
+//! that `left` held back for [`LEFT_GRACE`]: if they return meanwhile neither it nor the
+//! next `joined` is announced, so flapping costs everyone a few lines, not thousands.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long a departure waits before it is announced as `left`.
-pub const LEFT_GRACE: Duration = Duration::from_secs(1);
+/// How long a flapping user's departure waits before it is announced as `left`.
+pub const LEFT_GRACE: Duration = Duration::from_secs(2);
+
+/// A departure this soon after the user's last announced `left` is flapping.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(10);
 
 /// One online user.
 #[derive(Debug)]
@@ -24,18 +28,30 @@ struct OnlineUser {
 #[derive(Debug, Default)]
 pub struct Presence {
     online: HashMap<String, OnlineUser>,
-    /// Users whose last connection closed and whose `left` is not announced yet, with
+    /// Flapping users whose last connection closed and whose `left` is held back, with
     /// the number of that departure.
     leaving: HashMap<String, (String, u64)>,
+    /// When each user's last `left` was announced (kept for [`FLAP_WINDOW`]).
+    last_left: HashMap<String, Instant>,
     departures: u64,
 }
 
-/// What a departure asks of the caller.
+/// What a closed connection means for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Departure {
-    pub key: String,
-    /// Pass back to [`Presence::departure_due`] after [`LEFT_GRACE`].
-    pub number: u64,
+pub enum Departure {
+    /// The user is still online elsewhere: nothing to say.
+    Stayed,
+    /// Announce `left` for this name now.
+    Left(String),
+    /// A flapping user: call [`Presence::departure_due`] after [`LEFT_GRACE`].
+    Held(HeldDeparture),
+}
+
+/// A departure whose `left` is held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldDeparture {
+    key: String,
+    number: u64,
 }
 
 impl Presence {
@@ -53,37 +69,55 @@ impl Presence {
         if user.connections > 1 {
             return false;
         }
-        // Back within the grace: the `left` is called off, and so is this `joined`.
+        // Back while a `left` was held: it is called off, and so is this `joined`.
         self.leaving.remove(key).is_none()
     }
 
-    /// A connection of `key` closed; the departure to announce after [`LEFT_GRACE`]
-    /// if it was the user's last.
-    pub fn depart(&mut self, key: &str) -> Option<Departure> {
-        let user = self.online.get_mut(key)?;
+    /// A connection of `key` closed at `now`.
+    pub fn depart(&mut self, key: &str, now: Instant) -> Departure {
+        let Some(user) = self.online.get_mut(key) else {
+            return Departure::Stayed;
+        };
         user.connections -= 1;
         if user.connections > 0 {
-            return None;
+            return Departure::Stayed;
         }
-        let user = self.online.remove(key)?;
+        let Some(user) = self.online.remove(key) else {
+            return Departure::Stayed;
+        };
+        let flapping = self
+            .last_left
+            .get(key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < FLAP_WINDOW);
+        if !flapping {
+            self.last_left.insert(key.to_string(), now);
+            return Departure::Left(user.name);
+        }
         self.departures += 1;
         self.leaving
             .insert(key.to_string(), (user.name, self.departures));
-        Some(Departure {
+        Departure::Held(HeldDeparture {
             key: key.to_string(),
             number: self.departures,
         })
     }
 
-    /// The grace of `departure` is over: the name to announce as `left`, unless the
-    /// user came back meanwhile.
-    pub fn departure_due(&mut self, departure: &Departure) -> Option<String> {
-        match self.leaving.get(&departure.key) {
-            Some((_, number)) if *number == departure.number => {
-                self.leaving.remove(&departure.key).map(|(name, _)| name)
+    /// The grace of a held departure is over at `now`: the name to announce as `left`,
+    /// unless the user came back meanwhile.
+    pub fn departure_due(&mut self, held: &HeldDeparture, now: Instant) -> Option<String> {
+        match self.leaving.get(&held.key) {
+            Some((_, number)) if *number == held.number => {
+                self.last_left.insert(held.key.clone(), now);
+                self.leaving.remove(&held.key).map(|(name, _)| name)
             }
             _ => None,
         }
+    }
+
+    /// Forgets departures older than [`FLAP_WINDOW`].
+    pub fn prune(&mut self, now: Instant) {
+        self.last_left
+            .retain(|_, at| now.saturating_duration_since(*at) < FLAP_WINDOW);
     }
 
     /// The online users' names, sorted by key.
@@ -114,31 +148,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joined_on_the_first_connection_left_after_the_last() {
+    fn joined_on_the_first_connection_left_at_once_after_the_last() {
         let mut presence = Presence::default();
+        let now = Instant::now();
         assert!(presence.arrive("ann", "Ann"));
         assert!(!presence.arrive("ann", "Ann"), "second device");
-        assert_eq!(presence.depart("ann"), None);
-        let departure = presence.depart("ann").unwrap();
+        assert_eq!(presence.depart("ann", now), Departure::Stayed);
+        assert_eq!(presence.depart("ann", now), Departure::Left("Ann".into()));
         assert!(presence.is_empty());
-        assert_eq!(presence.departure_due(&departure).as_deref(), Some("Ann"));
-        assert!(
-            presence.arrive("ann", "Ann"),
-            "announced again after a real absence"
-        );
+        assert!(presence.arrive("ann", "Ann"), "announced again");
     }
 
     #[test]
-    fn a_quick_return_announces_nothing() {
+    fn a_flapping_user_is_announced_once_it_settles() {
         let mut presence = Presence::default();
-        assert!(presence.arrive("bob", "Bob"));
-        let departure = presence.depart("bob").unwrap();
+        let t0 = Instant::now();
+        presence.arrive("bob", "Bob");
+        assert_eq!(presence.depart("bob", t0), Departure::Left("Bob".into()));
+        assert!(presence.arrive("bob", "Bob"), "others were told he left");
+        // Gone again soon after: held.
+        let Departure::Held(first) = presence.depart("bob", t0 + Duration::from_secs(1)) else {
+            panic!("not held");
+        };
         assert!(!presence.arrive("bob", "Bob"), "back within the grace");
-        assert_eq!(presence.departure_due(&departure), None);
-        // A later departure is announced on its own timer, not the stale one's.
-        let second = presence.depart("bob").unwrap();
-        assert_eq!(presence.departure_due(&departure), None);
-        assert_eq!(presence.departure_due(&second).as_deref(), Some("Bob"));
+        assert_eq!(
+            presence.departure_due(&first, t0 + Duration::from_secs(3)),
+            None
+        );
+        let Departure::Held(second) = presence.depart("bob", t0 + Duration::from_secs(4)) else {
+            panic!("not held");
+        };
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(presence.departure_due(&first, later), None, "stale timer");
+        assert_eq!(
+            presence.departure_due(&second, later).as_deref(),
+            Some("Bob")
+        );
+        // Settled: a departure long after is announced at once again.
+        presence.arrive("bob", "Bob");
+        let much_later = later + FLAP_WINDOW;
+        presence.prune(much_later);
+        assert_eq!(
+            presence.depart("bob", much_later),
+            Departure::Left("Bob".into())
+        );
     }
 
     #[test]
