@@ -13,7 +13,7 @@
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
 //!
 //! ```text
-//! cargo build --release --bins
+//! cargo build --release --workspace
 //! target/release/echochat-bench                       # every phase, defaults
 //! target/release/echochat-bench --phase fanout,latency --clients 2000 --rate 1000
 //! target/release/echochat-bench --target 127.0.0.1:9090 --server-pid 1234

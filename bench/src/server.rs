@@ -43,7 +43,7 @@ impl ServerProcess {
     pub fn start(launch: &ServerLaunch, label: &str) -> Result<ServerProcess> {
         if !launch.binary.is_file() {
             return Err(BenchError::Server(format!(
-                "no server binary at {} (build it with `cargo build --release --bins`, \
+                "no server binary at {} (build it with `cargo build --release --workspace`, \
                  or pass --server-bin or --target)",
                 launch.binary.display()
             )));
@@ -221,7 +221,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| BenchError::Server(format!("no VmRSS line in {path}")))
 }
 
-/// The server binary next to this executable (`cargo build --release --bins` puts both
+/// The server binary next to this executable (`cargo build --release --workspace` puts both
 /// in `target/release`).
 pub fn sibling_server_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
