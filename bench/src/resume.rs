@@ -25,10 +25,15 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     let phase = Phase::Resume;
     let tasks = bench.opts.resume_tasks.max(1);
     let period = seconds(bench.opts.resume_duration);
+    let how = if bench.resumes {
+        "resume"
+    } else {
+        "login (no resume on this server)"
+    };
     bench.say(
         phase,
         format!(
-            "{tasks} concurrent tasks, each connect + welcome + resume + auth_ok + history + close, for {:.1} s",
+            "{tasks} concurrent tasks, each connect + welcome + {how} + auth_ok + history + close, for {:.1} s",
             period.as_secs_f64()
         ),
     );
@@ -85,7 +90,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     })
     .await?;
     let elapsed = started.elapsed();
-    let cpu = cpu.report();
+    let cpu = cpu.usage();
     let (total, histogram, accounts, failures) = collected;
     bench.return_accounts(accounts);
     let rate = total as f64 / elapsed.as_secs_f64();
@@ -97,7 +102,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         ),
     );
     bench.say(phase, format!("handshake: {}", percentiles(&histogram)));
-    bench.say(phase, cpu);
+    bench.say(phase, cpu.to_string());
     if let Some(first) = failures.first() {
         bench.say(
             phase,
@@ -106,6 +111,16 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
                 failures.len()
             ),
         );
+    }
+    bench.figure("resumes/s", rate);
+    if !histogram.is_empty() {
+        bench.figure(
+            "resume handshake p99 us",
+            histogram.value_at_quantile(0.99) as f64,
+        );
+    }
+    if let Some(server) = cpu.server.filter(|_| total > 0) {
+        bench.figure("resume server CPU us/resume", server * 1e6 / total as f64);
     }
     bench.summarize(format!("{:<38} {rate:.0}", "resumes/s"));
     if total == 0 {

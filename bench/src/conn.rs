@@ -44,6 +44,9 @@ pub struct Account {
     pub token: Option<String>,
     /// Whether the server is known to hold this account.
     pub registered: bool,
+    /// Whether the server takes `resume`; the reference server answers only `register`
+    /// and `login`, so its accounts always log in with the password.
+    pub resumes: bool,
 }
 
 impl Account {
@@ -53,6 +56,15 @@ impl Account {
             name,
             token: None,
             registered: false,
+            resumes: true,
+        }
+    }
+
+    /// An account on a server without `resume` (see [`Account::resumes`]).
+    pub fn without_resume(name: String) -> Account {
+        Account {
+            resumes: false,
+            ..Account::new(name)
         }
     }
 }
@@ -190,7 +202,7 @@ fn unexpected(wanted: &str, got: &ServerMessage) -> BenchError {
 pub async fn open_session(addr: SocketAddr, mut account: Account) -> Result<Authenticated> {
     let mut conn = Conn::connect(addr).await?;
     conn.expect_welcome().await?;
-    if let Some(token) = account.token.take() {
+    if let Some(token) = account.token.take().filter(|_| account.resumes) {
         match conn.authenticate(&ClientMessage::Resume { token }).await? {
             Ok(token) => return finish(conn, account, token),
             Err(AuthErrorCode::InvalidToken) => {} // expired or lost: use the password

@@ -13,11 +13,20 @@
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
 //!
 //! ```text
-//! cargo build --release --bins
+//! cargo build --release --workspace
 //! target/release/echochat-bench                       # every phase, defaults
 //! target/release/echochat-bench --phase fanout,latency --clients 2000 --rate 1000
 //! target/release/echochat-bench --target 127.0.0.1:9090 --server-pid 1234
+//! target/release/echochat-bench --reference-bin /tmp/refserver/target/release/refserver
 //! ```
+//!
+//! With `--reference-bin` (or `--compare HOST:PORT`) the fan-out, latency and resume
+//! phases run against echochat and against the reference fan-out server in turn, for
+//! `--rounds` rounds (the order alternates each round so that drift on a shared machine
+//! falls on both), and a table at the end gives each figure for both servers and the
+//! ratio echochat / reference per round: ratios measured side by side, not absolutes.
+//! The reference server has no `resume`, so its resume phase logs in with `login`
+//! (which it answers exactly like any authentication) and its history is empty.
 //!
 //! Each figure is printed as a plain `phase: ...` line when measured, and again in a
 //! summary at the end. The generator shares the machine with the server, so it runs on a
@@ -45,7 +54,7 @@ use hdrhistogram::Histogram;
 
 use crate::conn::Account;
 use crate::error::{BenchError, Result};
-use crate::server::{ServerLaunch, ServerProcess};
+use crate::server::{ServerKind, ServerLaunch, ServerProcess};
 
 /// PBKDF2 rounds of the main server: the protocol's minimum, so account set-up is cheap
 /// and the chat path is what gets measured (the storm phase measures the slow path).
@@ -100,6 +109,19 @@ pub struct Options {
     /// Process id of the `--target` server, to measure its memory.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Start this reference server (`refserver [PORT]`) and measure it beside echochat:
+    /// fan-out, latency and resume, figure by figure, with ratios.
+    #[arg(long, value_name = "PATH", conflicts_with = "compare")]
+    pub reference_bin: Option<PathBuf>,
+    /// Measure a running reference server at HOST:PORT (loopback only) beside echochat.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub compare: Option<String>,
+    /// Process id of the `--compare` server, for its CPU use.
+    #[arg(long, value_name = "PID")]
+    pub compare_pid: Option<u32>,
+    /// Rounds of the side-by-side comparison [default: 3 when comparing, else 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: Option<u32>,
     /// Server binary to start [default: echochat-server next to this executable].
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
@@ -127,9 +149,10 @@ pub struct Options {
     /// Seconds of load before measuring starts.
     #[arg(long, default_value_t = 2.0, value_parser = positive_number)]
     pub warmup: f64,
-    /// Latency phase: messages per second offered in total, spread over the senders.
-    #[arg(long, default_value_t = 500.0, value_parser = positive_number)]
-    pub rate: f64,
+    /// Latency phase: messages per second offered in total, spread over the senders;
+    /// several rates (comma-separated) are measured one after the other.
+    #[arg(long, value_delimiter = ',', default_values_t = [500.0, 2000.0], value_parser = positive_number)]
+    pub rate: Vec<f64>,
     /// Resume phase: concurrent tasks, each reconnecting in a loop with its own account.
     #[arg(long, default_value_t = 50)]
     pub resume_tasks: usize,
@@ -164,9 +187,13 @@ fn positive_number(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// State shared by the phases of one run: where the server is, the clock every stamp
-/// is read from, the accounts created so far, and the summary being built.
+/// State shared by the phases of one run against one server: where it is, the clock
+/// every stamp is read from, the accounts created so far, and the summary being built.
 pub struct Bench {
+    /// Which server this is, in front of every line when two are compared ("" alone).
+    pub label: &'static str,
+    /// Whether the server takes `resume` (the reference server does not).
+    pub resumes: bool,
     pub opts: Options,
     pub addr: SocketAddr,
     /// Whose memory the memory phase reads, if known.
@@ -180,6 +207,8 @@ pub struct Bench {
     pub run_id: String,
     accounts: Vec<Account>,
     summary: Vec<String>,
+    /// Named figures of the phases run so far, for the side-by-side table.
+    figures: Vec<(String, f64)>,
 }
 
 impl Bench {
@@ -188,7 +217,11 @@ impl Bench {
     pub fn take_accounts(&mut self, count: usize) -> Vec<Account> {
         while self.accounts.len() < count {
             let name = format!("bench_{}_{}", self.run_id, self.accounts.len());
-            self.accounts.push(Account::new(name));
+            self.accounts.push(if self.resumes {
+                Account::new(name)
+            } else {
+                Account::without_resume(name)
+            });
         }
         self.accounts.drain(..count).collect()
     }
@@ -201,7 +234,18 @@ impl Bench {
 
     /// Prints one figure line of a phase.
     pub fn say(&self, phase: Phase, text: impl AsRef<str>) {
-        println!("{}: {}", phase.name(), text.as_ref());
+        if self.label.is_empty() {
+            println!("{}: {}", phase.name(), text.as_ref());
+        } else {
+            println!("{}[{}]: {}", phase.name(), self.label, text.as_ref());
+        }
+    }
+
+    /// Records a named figure for the side-by-side comparison.
+    pub fn figure(&mut self, name: impl Into<String>, value: f64) {
+        if value.is_finite() {
+            self.figures.push((name.into(), value));
+        }
     }
 
     /// Adds a line to the final summary.
@@ -281,6 +325,94 @@ fn load_average() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Starts (or finds) one server and the state to benchmark it.
+fn open_target(
+    opts: &Options,
+    kind: ServerKind,
+    label: &'static str,
+) -> Result<(Option<ServerProcess>, Bench)> {
+    let (binary, target, pid) = match kind {
+        ServerKind::Echochat => (
+            opts.target.is_none().then(|| opts.server_bin.clone()),
+            opts.target.as_deref(),
+            opts.server_pid,
+        ),
+        ServerKind::Reference => (
+            opts.reference_bin.clone().map(Some),
+            opts.compare.as_deref(),
+            opts.compare_pid,
+        ),
+    };
+    let launch = match binary {
+        Some(path) => Some(ServerLaunch {
+            kind,
+            binary: match path {
+                Some(path) => path,
+                None => server::sibling_server_binary()?,
+            },
+            pbkdf2_rounds: Some(BENCH_PBKDF2_ROUNDS),
+            extra_args: opts.server_arg.clone(),
+        }),
+        None => None,
+    };
+    // Owned by the caller so it is stopped however the run ends.
+    let (server, addr, server_pid) = match &launch {
+        Some(launch) => {
+            let server = ServerProcess::start(launch, label)?;
+            let (addr, pid) = (server.addr, server.pid());
+            (Some(server), addr, Some(pid))
+        }
+        None => (None, loopback_target(target.unwrap_or_default())?, pid),
+    };
+    match &launch {
+        Some(launch) if kind == ServerKind::Echochat => println!(
+            "echochat-bench: started {} (pid {}) at {addr}, --pbkdf2-rounds {BENCH_PBKDF2_ROUNDS}, limits off",
+            launch.binary.display(),
+            server_pid.unwrap_or_default()
+        ),
+        Some(launch) => println!(
+            "echochat-bench: started the reference server {} (pid {}) at {addr}",
+            launch.binary.display(),
+            server_pid.unwrap_or_default()
+        ),
+        None => println!("echochat-bench: target {addr}"),
+    }
+    let bench = Bench {
+        label,
+        resumes: kind == ServerKind::Echochat,
+        opts: opts.clone(),
+        addr,
+        server_pid,
+        // The storm phase starts a second echochat server: never a reference one.
+        launch: launch.filter(|l| l.kind == ServerKind::Echochat),
+        clock: Instant::now(),
+        run_id: run_id(),
+        accounts: Vec::new(),
+        summary: Vec::new(),
+        figures: Vec::new(),
+    };
+    Ok((server, bench))
+}
+
+/// Runs one phase; a failure is printed and summarised, and reported as `false`.
+async fn run_phase(bench: &mut Bench, phase: Phase) -> bool {
+    let result = match phase {
+        Phase::Fanout => fanout::run_fanout(bench).await,
+        Phase::Latency => fanout::run_latency(bench).await,
+        Phase::Resume => resume::run(bench).await,
+        Phase::Memory => memory::run(bench).await,
+        Phase::Storm => storm::run(bench).await,
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            bench.say(phase, format!("FAILED: {e}"));
+            bench.summarize(format!("{:<38} FAILED: {e}", phase.name()));
+            false
+        }
+    }
+}
+
 /// Runs the whole benchmark; `Ok(false)` when a phase failed (its error was printed).
 async fn run(opts: Options) -> Result<bool> {
     if opts.size > echochat::protocol::MAX_TEXT_CHARS {
@@ -292,29 +424,7 @@ async fn run(opts: Options) -> Result<bool> {
     }
     let fd_limit = server::raise_fd_limit()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let launch = match opts.target {
-        Some(_) => None,
-        None => Some(ServerLaunch {
-            binary: match &opts.server_bin {
-                Some(path) => path.clone(),
-                None => server::sibling_server_binary()?,
-            },
-            pbkdf2_rounds: Some(BENCH_PBKDF2_ROUNDS),
-            extra_args: opts.server_arg.clone(),
-        }),
-    };
-    // Owned here so it is stopped however this function ends.
-    let (server, addr, server_pid) = match (&launch, &opts.target) {
-        (Some(launch), _) => {
-            let server = ServerProcess::start(launch, "main")?;
-            let (addr, pid) = (server.addr, server.pid());
-            (Some(server), addr, Some(pid))
-        }
-        (None, target) => {
-            let target = target.as_deref().unwrap_or_default();
-            (None, loopback_target(target)?, opts.server_pid)
-        }
-    };
+    let comparing = opts.reference_bin.is_some() || opts.compare.is_some();
     println!(
         "echochat-bench: {} cores, load generator on the same machine ({} worker threads), \
          open-file limit {fd_limit}, load average {}",
@@ -322,44 +432,28 @@ async fn run(opts: Options) -> Result<bool> {
         opts.threads,
         load_average()
     );
-    match &launch {
-        Some(launch) => println!(
-            "echochat-bench: started {} (pid {}) at {addr}, --pbkdf2-rounds {BENCH_PBKDF2_ROUNDS}, limits off",
-            launch.binary.display(),
-            server_pid.unwrap_or_default()
-        ),
-        None => println!("echochat-bench: target {addr}"),
-    }
-    let mut bench = Bench {
-        opts: opts.clone(),
-        addr,
-        server_pid,
-        launch,
-        clock: Instant::now(),
-        run_id: run_id(),
-        accounts: Vec::new(),
-        summary: Vec::new(),
+    let (server, mut bench) = open_target(
+        &opts,
+        ServerKind::Echochat,
+        if comparing { "echochat" } else { "" },
+    )?;
+    let all_ok = if comparing {
+        let (reference_server, reference) = open_target(&opts, ServerKind::Reference, "reference")?;
+        let ok = compare(&mut bench, reference).await;
+        drop(reference_server);
+        ok
+    } else {
+        let mut ok = true;
+        for phase in Phase::all() {
+            if opts.phase.contains(&phase) {
+                ok &= run_phase(&mut bench, phase).await;
+            }
+        }
+        ok
     };
-    let mut all_ok = true;
-    for phase in Phase::all() {
-        if !opts.phase.contains(&phase) {
-            continue;
-        }
-        let result = match phase {
-            Phase::Fanout => fanout::run_fanout(&mut bench).await,
-            Phase::Latency => fanout::run_latency(&mut bench).await,
-            Phase::Resume => resume::run(&mut bench).await,
-            Phase::Memory => memory::run(&mut bench).await,
-            Phase::Storm => storm::run(&mut bench).await,
-        };
-        if let Err(e) = result {
-            all_ok = false;
-            bench.say(phase, format!("FAILED: {e}"));
-            bench.summarize(format!("{:<38} FAILED: {e}", phase.name()));
-        }
-    }
     println!(
-        "summary ({cores} cores, load generator on the same machine, {} clients, {} senders, {}-byte texts):",
+        "summary{} ({cores} cores, load generator on the same machine, {} clients, {} senders, {}-byte texts):",
+        if comparing { " of echochat, round by round" } else { "" },
         opts.clients,
         opts.senders.clamp(1, opts.clients.max(1)),
         opts.size.max(load::STAMP_LEN)
@@ -369,6 +463,101 @@ async fn run(opts: Options) -> Result<bool> {
     }
     drop(server);
     Ok(all_ok)
+}
+
+/// Named figures of one round: echochat's, then the reference's.
+type RoundFigures = (Vec<(String, f64)>, Vec<(String, f64)>);
+
+/// Phases that both servers can run.
+const COMPARABLE: [Phase; 3] = [Phase::Fanout, Phase::Latency, Phase::Resume];
+
+/// The side-by-side run: every comparable phase on both servers, round after round,
+/// then the phases only echochat can run, then the table of figures and ratios.
+async fn compare(echochat: &mut Bench, mut reference: Bench) -> bool {
+    let rounds = echochat.opts.rounds.unwrap_or(3) as usize;
+    let phases: Vec<Phase> = COMPARABLE
+        .into_iter()
+        .filter(|p| echochat.opts.phase.contains(p))
+        .collect();
+    let mut ok = true;
+    let mut figures: Vec<RoundFigures> = Vec::new();
+    for round in 0..rounds {
+        println!(
+            "round {}/{rounds} (load average {})",
+            round + 1,
+            load_average()
+        );
+        for &phase in &phases {
+            // Alternate who goes first, so a slow stretch of the machine hits both.
+            if round % 2 == 0 {
+                ok &= run_phase(echochat, phase).await;
+                ok &= run_phase(&mut reference, phase).await;
+            } else {
+                ok &= run_phase(&mut reference, phase).await;
+                ok &= run_phase(echochat, phase).await;
+            }
+        }
+        figures.push((
+            std::mem::take(&mut echochat.figures),
+            std::mem::take(&mut reference.figures),
+        ));
+    }
+    for phase in Phase::all() {
+        if echochat.opts.phase.contains(&phase) && !COMPARABLE.contains(&phase) {
+            ok &= run_phase(echochat, phase).await;
+        }
+    }
+    print_comparison(&figures);
+    ok
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// Each figure's median for both servers, and the ratio echochat / reference per round
+/// and its median.
+fn print_comparison(rounds: &[RoundFigures]) {
+    let find =
+        |list: &[(String, f64)], name: &str| list.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let mut names: Vec<&str> = Vec::new();
+    for (ours, _) in rounds {
+        for (name, _) in ours {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+    }
+    println!(
+        "comparison over {} rounds: median echochat, median reference, ratio echochat/reference \
+         per round [median]",
+        rounds.len()
+    );
+    for name in names {
+        let mut ours: Vec<f64> = rounds.iter().filter_map(|(o, _)| find(o, name)).collect();
+        let mut theirs: Vec<f64> = rounds.iter().filter_map(|(_, t)| find(t, name)).collect();
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|(o, t)| Some(find(o, name)? / find(t, name)?))
+            .filter(|r| r.is_finite())
+            .collect();
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!(
+            "  {name:<40} {:>12} {:>12}   {} [{}]",
+            show(median(&mut ours)),
+            show(median(&mut theirs)),
+            shown.join(" "),
+            median(&mut ratios).map_or("-".to_string(), |r| format!("{r:.2}"))
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -399,5 +588,17 @@ fn main() -> ExitCode {
             eprintln!("echochat-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }

@@ -20,9 +20,20 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 /// How long a graceful `shutdown` may take before the server is killed.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
+/// Which kind of server a launch starts: it decides the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `echochat-server`: fresh state folder, port 0, limits off.
+    Echochat,
+    /// The reference fan-out server (`refserver [PORT]`): no accounts, no state, no
+    /// console; it answers `register` and `login` with `auth_ok` and broadcasts `say`.
+    Reference,
+}
+
 /// How to start a server.
 #[derive(Debug, Clone)]
 pub struct ServerLaunch {
+    pub kind: ServerKind,
     pub binary: PathBuf,
     /// `Some(n)` passes `--pbkdf2-rounds n`; `None` keeps the server's default.
     pub pbkdf2_rounds: Option<u32>,
@@ -32,6 +43,7 @@ pub struct ServerLaunch {
 
 /// A server this process started; dropping it stops the server and removes its state.
 pub struct ServerProcess {
+    kind: ServerKind,
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
@@ -43,40 +55,44 @@ impl ServerProcess {
     pub fn start(launch: &ServerLaunch, label: &str) -> Result<ServerProcess> {
         if !launch.binary.is_file() {
             return Err(BenchError::Server(format!(
-                "no server binary at {} (build it with `cargo build --release --bins`, \
+                "no server binary at {} (build it with `cargo build --release --workspace`, \
                  or pass --server-bin or --target)",
                 launch.binary.display()
             )));
         }
         let state_dir = fresh_state_dir(label)?;
         let mut command = Command::new(&launch.binary);
-        command
-            .args(["--port", "0", "--host", "127.0.0.1"])
-            .args([
-                "--msg-rate",
-                "0",
-                "--max-conns",
-                "0",
-                "--max-conns-per-ip",
-                "0",
-            ])
-            // One address plays thousands of users: no per-address authentication,
-            // registration or guess limits.
-            .args([
-                "--login-rate",
-                "0",
-                "--register-rate",
-                "0",
-                "--auth-rate",
-                "0",
-            ])
-            .arg("--state-dir")
-            .arg(&state_dir);
-        if let Some(rounds) = launch.pbkdf2_rounds {
-            command.args(["--pbkdf2-rounds", &rounds.to_string()]);
+        if launch.kind == ServerKind::Reference {
+            command.arg("0");
+        } else {
+            command
+                .args(["--port", "0", "--host", "127.0.0.1"])
+                .args([
+                    "--msg-rate",
+                    "0",
+                    "--max-conns",
+                    "0",
+                    "--max-conns-per-ip",
+                    "0",
+                ])
+                // One address plays thousands of users: no per-address
+                // authentication, registration or guess limits.
+                .args([
+                    "--login-rate",
+                    "0",
+                    "--register-rate",
+                    "0",
+                    "--auth-rate",
+                    "0",
+                ])
+                .arg("--state-dir")
+                .arg(&state_dir);
+            if let Some(rounds) = launch.pbkdf2_rounds {
+                command.args(["--pbkdf2-rounds", &rounds.to_string()]);
+            }
+            command.args(&launch.extra_args);
         }
         command
-            .args(&launch.extra_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -88,6 +104,7 @@ impl ServerProcess {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let mut server = ServerProcess {
+            kind: launch.kind,
             child,
             stdin,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -108,6 +125,13 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        if self.kind == ServerKind::Reference {
+            // No console and no state to save: stop it at once.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+            return;
+        }
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"shutdown\n");
             let _ = stdin.flush();
@@ -230,7 +254,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| BenchError::Server(format!("no VmRSS line in {path}")))
 }
 
-/// The server binary next to this executable (`cargo build --release --bins` puts both
+/// The server binary next to this executable (`cargo build --release --workspace` puts both
 /// in `target/release`).
 pub fn sibling_server_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find own executable", e))?;
@@ -257,12 +281,76 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) / ticks as f64)
 }
 
-/// CPU used by the server and by the benchmark from one moment on.
+/// Context switches of every thread of a process so far (voluntary: a thread went to
+/// sleep waiting for something; involuntary: it was preempted), from
+/// `/proc/<pid>/task/*/status`. Threads that already exited are not counted, so read it
+/// while the process's threads are stable (the measured window of a phase).
+pub fn context_switches(pid: u32) -> Option<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut voluntary = 0u64;
+    let mut involuntary = 0u64;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            let field = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.trim().parse::<u64>().ok())
+            };
+            if let Some(n) = field("voluntary_ctxt_switches:") {
+                voluntary += n;
+            } else if let Some(n) = field("nonvoluntary_ctxt_switches:") {
+                involuntary += n;
+            }
+        }
+    }
+    Some((voluntary, involuntary))
+}
+
+/// CPU used by the server and by the benchmark from one moment on, and the server's
+/// context switches (how often its threads slept and woke).
 pub struct CpuMark {
     at: Instant,
     server_pid: Option<u32>,
     server: Option<f64>,
     bench: Option<f64>,
+    switches: Option<(u64, u64)>,
+    machine: Option<f64>,
+}
+
+/// Busy CPU seconds of the whole machine since boot, from the first line of
+/// `/proc/stat` (user, nice, system, irq, softirq, steal).
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| busy as f64 / ticks as f64)
+}
+
+/// What a [`CpuMark`] measured up to [`CpuMark::usage`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUsage {
+    /// Seconds of wall time since the mark.
+    pub wall: f64,
+    /// Server CPU seconds (user + system), if readable.
+    pub server: Option<f64>,
+    /// This process's CPU seconds, if readable.
+    pub bench: Option<f64>,
+    /// The server's voluntary and involuntary context switches, if readable.
+    pub switches: Option<(u64, u64)>,
+    /// CPU seconds the rest of the machine used (every core's busy time less the
+    /// server's and this process's): other work that competed for the cores.
+    pub others: Option<f64>,
 }
 
 impl CpuMark {
@@ -273,24 +361,59 @@ impl CpuMark {
             server_pid,
             server: server_pid.and_then(|pid| cpu_seconds(Some(pid))),
             bench: cpu_seconds(None),
+            switches: server_pid.and_then(context_switches),
+            machine: machine_busy_seconds(),
+        }
+    }
+
+    /// What was used since the mark.
+    pub fn usage(&self) -> CpuUsage {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let server_now = self.server_pid.and_then(|pid| cpu_seconds(Some(pid)));
+        let switches_now = self.server_pid.and_then(context_switches);
+        let server = self.server.zip(server_now).map(|(a, b)| b - a);
+        let bench = self.bench.zip(cpu_seconds(None)).map(|(a, b)| b - a);
+        let machine = self.machine.zip(machine_busy_seconds()).map(|(a, b)| b - a);
+        CpuUsage {
+            wall,
+            server,
+            bench,
+            others: machine.map(|m| (m - server.unwrap_or(0.0) - bench.unwrap_or(0.0)).max(0.0)),
+            switches: self
+                .switches
+                .zip(switches_now)
+                .map(|((v0, i0), (v1, i1))| (v1.saturating_sub(v0), i1.saturating_sub(i0))),
         }
     }
 
     /// `CPU: server 1.52 cores, bench 0.47 cores` since the mark: who was busy, so a
     /// figure limited by the load generator is recognisable as such.
     pub fn report(&self) -> String {
-        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
-        let share = |before: Option<f64>, now: Option<f64>| match (before, now) {
-            (Some(before), Some(now)) => format!("{:.2} cores", (now - before) / wall),
-            _ => "unknown".to_string(),
+        self.usage().to_string()
+    }
+}
+
+impl std::fmt::Display for CpuUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let share = |seconds: Option<f64>| match seconds {
+            Some(seconds) => format!("{:.2} cores", seconds / self.wall),
+            None => "unknown".to_string(),
         };
-        format!(
-            "CPU: server {}, bench {}",
-            share(
-                self.server,
-                self.server_pid.and_then(|pid| cpu_seconds(Some(pid)))
-            ),
-            share(self.bench, cpu_seconds(None))
-        )
+        write!(
+            f,
+            "CPU: server {}, bench {}, everything else {}",
+            share(self.server),
+            share(self.bench),
+            share(self.others)
+        )?;
+        if let Some((voluntary, involuntary)) = self.switches {
+            write!(
+                f,
+                "; server context switches {:.0}/s voluntary, {:.0}/s involuntary",
+                voluntary as f64 / self.wall,
+                involuntary as f64 / self.wall
+            )?;
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,10 @@
 //! (which needs seconds of PBKDF2 per account at default rounds) against the debug
 //! server built next to it. It checks that the bench runs to the end and prints its
 //! figures, not how fast anything is.
+//!
+//! The server binary belongs to the `echochat` package: `cargo test` at the workspace
+//! root builds it into the same folder as the bench (`cargo test -p echochat-bench`
+//! alone does not, and this test then says so).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -12,6 +16,13 @@ const LIMIT: Duration = Duration::from_secs(50);
 
 #[test]
 fn bench_runs_every_light_phase_and_prints_figures() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_echochat-bench"));
+    let server = bench.with_file_name("echochat-server");
+    assert!(
+        server.is_file(),
+        "no {} next to the bench: run `cargo test` at the workspace root, which builds it",
+        server.display()
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_echochat-bench"))
         .args(["--clients", "5", "--senders", "2", "--window", "4"])
         .args(["--duration", "1", "--warmup", "0.3", "--rate", "50"])

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::conn::open_sessions;
 use crate::error::Result;
 use crate::load::{measure, ChatLoad, Counters, SendMode, STAMP_LEN};
-use crate::server::CpuMark;
+use crate::server::{CpuMark, CpuUsage};
 use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 
 /// Handshakes in flight while the clients connect.
@@ -26,7 +26,7 @@ async fn run_load(
     bench: &mut Bench,
     phase: Phase,
     mode: SendMode,
-) -> Result<(Counters, Duration, hdrhistogram::Histogram<u64>, String)> {
+) -> Result<(Counters, Duration, hdrhistogram::Histogram<u64>, CpuUsage)> {
     let clients = bench.opts.clients.max(1);
     let senders = bench.opts.senders.clamp(1, clients);
     let accounts = bench.take_accounts(clients);
@@ -45,9 +45,9 @@ async fn run_load(
     tokio::time::sleep(seconds(bench.opts.warmup)).await;
     let cpu = CpuMark::now(bench.server_pid);
     let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
-    let cpu_line = cpu.report();
+    let cpu = cpu.usage();
     load.stop().await;
-    Ok((counters, elapsed, histogram, cpu_line))
+    Ok((counters, elapsed, histogram, cpu))
 }
 
 /// The text size actually sent (never shorter than the stamp).
@@ -100,8 +100,11 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
         phase,
         format!("latency at peak: {}", percentiles(&histogram)),
     );
-    bench.say(phase, cpu);
+    bench.say(phase, cpu.to_string());
     trouble(bench, phase, &counters);
+    bench.figure("fanout deliveries/s", deliveries);
+    record_latency(bench, "fanout peak", &histogram);
+    record_cpu(bench, "fanout", &cpu, &counters);
     bench.summarize(format!("{:<38} {deliveries:.0}", "fanout deliveries/s"));
     bench.summarize(format!("{:<38} {messages:.0}", "fanout messages/s"));
     bench.summarize(format!(
@@ -112,16 +115,56 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
     Ok(())
 }
 
-/// Phase 2: latency percentiles at a fixed offered load.
+/// Records p50, p99 and p99.9 of `histogram` as figures named after `what`.
+fn record_latency(bench: &mut Bench, what: &str, histogram: &hdrhistogram::Histogram<u64>) {
+    if histogram.is_empty() {
+        return;
+    }
+    for (label, quantile) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        bench.figure(
+            format!("{what} {label} us"),
+            histogram.value_at_quantile(quantile) as f64,
+        );
+    }
+}
+
+/// Records the server's CPU per delivery and its context switches per message, and how
+/// busy the rest of the machine was meanwhile.
+fn record_cpu(bench: &mut Bench, what: &str, cpu: &CpuUsage, counters: &Counters) {
+    if let Some(others) = cpu.others {
+        bench.figure(format!("{what} other work, cores"), others / cpu.wall);
+    }
+    if let Some(server) = cpu.server.filter(|_| counters.deliveries > 0) {
+        bench.figure(
+            format!("{what} server CPU ns/delivery"),
+            server * 1e9 / counters.deliveries as f64,
+        );
+    }
+    if let Some((voluntary, involuntary)) = cpu.switches.filter(|_| counters.acked > 0) {
+        bench.figure(
+            format!("{what} server switches/message"),
+            (voluntary + involuntary) as f64 / counters.acked as f64,
+        );
+    }
+}
+
+/// Phase 2: latency percentiles at each fixed offered load of `--rate`.
 pub async fn run_latency(bench: &mut Bench) -> Result<()> {
+    for rate in bench.opts.rate.clone() {
+        run_latency_at(bench, rate).await?;
+    }
+    Ok(())
+}
+
+/// Latency percentiles at one offered load.
+async fn run_latency_at(bench: &mut Bench, rate: f64) -> Result<()> {
     let phase = Phase::Latency;
     let o = bench.opts.clone();
     bench.say(
         phase,
         format!(
-            "offered {} messages/s (open loop) over {} senders to {} clients, {}-byte texts; \
+            "offered {rate} messages/s (open loop) over {} senders to {} clients, {}-byte texts; \
              {:.1} s warm-up, {:.1} s measured",
-            o.rate,
             o.senders.clamp(1, o.clients.max(1)),
             o.clients,
             text_size(bench),
@@ -129,8 +172,7 @@ pub async fn run_latency(bench: &mut Bench) -> Result<()> {
             o.duration
         ),
     );
-    let (counters, elapsed, histogram, cpu) =
-        run_load(bench, phase, SendMode::Rate(o.rate)).await?;
+    let (counters, elapsed, histogram, cpu) = run_load(bench, phase, SendMode::Rate(rate)).await?;
     let secs = elapsed.as_secs_f64();
     bench.say(
         phase,
@@ -142,11 +184,14 @@ pub async fn run_latency(bench: &mut Bench) -> Result<()> {
         ),
     );
     bench.say(phase, percentiles(&histogram));
-    bench.say(phase, cpu);
+    bench.say(phase, cpu.to_string());
     trouble(bench, phase, &counters);
+    let what = format!("latency@{rate}");
+    record_latency(bench, &what, &histogram);
+    record_cpu(bench, &what, &cpu, &counters);
     bench.summarize(format!(
         "{:<38} {}",
-        format!("latency @{} msg/s p50/p99/p99.9 us", o.rate),
+        format!("latency @{rate} msg/s p50/p99/p99.9 us"),
         percentiles_short(&histogram)
     ));
     Ok(())
