@@ -1,25 +1,18 @@
 //! echochat: a self-hosted TCP chat server with accounts, and its terminal client.
 //!
-//! The library holds everything both binaries share and everything worth testing on its
-//! own: the wire format ([`codec`]), the messages ([`protocol`]), credentials
-//! ([`auth`], [`identity`]), the server's actors ([`actors`]) and outbound delivery
-//! ([`outbound`]). `src/main.rs` (the server) and `src/client_main.rs` (the client)
-//! only parse arguments and wire these together.
+//! Three programs share this library: the server (`src/main.rs`), the terminal client
+//! (`src/client_main.rs`) and the benchmark (`bench/`). What they share is the wire
+//! layer — framing ([`codec`]) and the messages ([`protocol`]) — and the rules both
+//! sides judge by: what a name may be ([`names`]), the password rules ([`auth`]), and
+//! how text from outside is made safe to show ([`text`]). The server is [`server`]
+//! (its plain modules) and [`actors`] (the actors that own its state); the client is
+//! [`client`]. The binaries only parse arguments and call into these.
 
 pub mod actors;
 pub mod auth;
 pub mod client;
 pub mod codec;
-pub mod config;
-pub mod hashing;
-pub mod history_file;
-pub mod identity;
-pub mod identity_file;
-pub mod limits;
-pub mod listener;
-pub mod logging;
 pub mod names;
-pub mod outbound;
 pub mod protocol;
-pub mod state_files;
+pub mod server;
 pub mod text;

@@ -17,13 +17,15 @@ use echochat::actors::chat_server::{ChatServer, ChatSettings, History, Shutdown}
 use echochat::actors::persistence::{Persistence, StatePaths};
 use echochat::actors::session::SessionSettings;
 use echochat::client::prompt::ask_port;
-use echochat::config::{ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
-use echochat::history_file::{
+use echochat::server::config::{ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use echochat::server::listener::{self, accept_loop, bind_with_fallback, ConnectionSlots};
+use echochat::server::logging;
+use echochat::server::store::history_file::{
     load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
 };
-use echochat::identity_file::IdentityFile;
-use echochat::listener::{self, accept_loop, bind_with_fallback, ConnectionSlots};
-use echochat::{logging, state_files, text};
+use echochat::server::store::identity_file::IdentityFile;
+use echochat::server::store::state_files;
+use echochat::text;
 
 fn main() -> ExitCode {
     let config = match ServerConfig::try_parse() {

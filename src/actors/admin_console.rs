@@ -16,7 +16,7 @@ use super::chat_server::{
     AdminSay, ChatServer, ClearIdentities, Kick, ListUsers, SetPaused, Shutdown, Status,
 };
 use super::persistence::{ClearLog, Persistence};
-use crate::logging;
+use crate::server::logging;
 use crate::text::{escape, plural};
 
 mod command;

@@ -28,15 +28,15 @@ use super::persistence::{
 use super::session::{Greeted, Session};
 use crate::auth::{self, SERVER_NAME};
 use crate::codec::{encode_frame, payload_of};
-use crate::config::ServerConfig;
-use crate::hashing::HashingPool;
-use crate::identity::{Account, Identities, IdentityChange};
-use crate::limits::{KeyedBuckets, WindowLimiter};
 use crate::log_noise;
-use crate::logging::Noise;
 use crate::names::{self, confusable_keys, name_key};
-use crate::outbound::{Broadcaster, Outbox, SessionId};
 use crate::protocol::{AuthErrorCode, ChatMessage, ErrorCode, ServerMessage};
+use crate::server::config::ServerConfig;
+use crate::server::hashing::HashingPool;
+use crate::server::identity::{Account, Identities, IdentityChange};
+use crate::server::limits::{KeyedBuckets, WindowLimiter};
+use crate::server::logging::Noise;
+use crate::server::outbound::{Broadcaster, Outbox, SessionId};
 use crate::text::plural;
 
 /// How often expired tokens and idle limiter entries are dropped.

@@ -14,9 +14,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use crate::history_file::{store_reserved_ids, HistoryFile};
-use crate::identity::IdentityChange;
-use crate::identity_file::IdentityFile;
+use crate::server::identity::IdentityChange;
+use crate::server::store::history_file::{store_reserved_ids, HistoryFile};
+use crate::server::store::identity_file::IdentityFile;
 
 /// How long appended history may sit in memory before it is written out: the most
 /// chat a crash can lose.
@@ -283,7 +283,7 @@ impl Handler<ClearLog> for Persistence {
 
     fn handle(&mut self, _: ClearLog, _: &mut Self::Context) -> Self::Result {
         let path = &self.paths.log;
-        crate::state_files::open_private_append(path)
+        crate::server::store::state_files::open_private_append(path)
             .and_then(|file| file.set_len(0))
             .map_err(|e| PersistError::new(path, e))
     }

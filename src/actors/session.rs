@@ -5,7 +5,7 @@
 //! bucket — and forwards the rest to `ChatServer` one at a time: while a request is
 //! with the server the session reads nothing more, so a fast client is slowed by TCP
 //! instead of filling a mailbox. Output goes through the writer task of
-//! [`crate::outbound`]. Nothing is read before the connection is greeted, so a client
+//! [`crate::server::outbound`]. Nothing is read before the connection is greeted, so a client
 //! that connects while the server is paused gets no frame at all until `resume`.
 
 use std::net::SocketAddr;
@@ -22,13 +22,13 @@ use super::chat_server::{
     AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Logout, Say, Who,
 };
 use crate::codec::{encode_frame, FrameCodec, FrameError};
-use crate::config::ServerConfig;
-use crate::limits::TokenBucket;
-use crate::listener::ConnectionSlot;
 use crate::log_noise;
-use crate::logging::Noise;
-use crate::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
+use crate::server::config::ServerConfig;
+use crate::server::limits::TokenBucket;
+use crate::server::listener::ConnectionSlot;
+use crate::server::logging::Noise;
+use crate::server::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
 use crate::text;
 
 /// Initial read buffer per connection; it grows only for a frame that needs it, so an

@@ -14,7 +14,7 @@ use clap::Parser;
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The server's default port.
-pub use crate::config::DEFAULT_PORT;
+pub use crate::server::config::DEFAULT_PORT;
 
 /// `echochat [--host H] [--port P] [--name NAME] [--token-file PATH]`
 #[derive(Debug, Clone, Parser)]

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::frame_from_payload;
-use crate::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
+use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
 
 /// Most bytes of messages a `history` frame replays: the newest messages that fit.
 /// A login (or a resume loop) then costs a bounded amount of output.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use env_logger::{Builder, Env, Target, WriteStyle};
 
-use crate::state_files;
+use crate::server::store::state_files;
 use crate::text;
 
 /// Longest message a log line carries, in characters; a longer one is cut and says so.
@@ -93,7 +93,7 @@ pub const MAX_PRINTED_LINE_CHARS: usize = 4096;
 /// bounded; returns how many lines. The whole log is streamed, never held in memory,
 /// and `last` reads only the tail of the file.
 pub fn print_log(path: &Path, last: Option<usize>, out: &mut impl Write) -> io::Result<usize> {
-    if !crate::state_files::check_regular(path)? {
+    if !crate::server::store::state_files::check_regular(path)? {
         return Ok(0);
     }
     let file = File::open(path)?;
@@ -268,11 +268,11 @@ fn report_suppressed(now: Instant) {
 }
 
 /// `log::log!` for a line an address can cause in bulk: written only while that
-/// address's budget for this [`Noise`](crate::logging::Noise) kind lasts.
+/// address's budget for this [`Noise`](crate::server::logging::Noise) kind lasts.
 #[macro_export]
 macro_rules! log_noise {
     ($ip:expr, $kind:expr, $level:expr, $($arg:tt)+) => {
-        if log::log_enabled!($level) && $crate::logging::noise_allowed($ip, $kind) {
+        if log::log_enabled!($level) && $crate::server::logging::noise_allowed($ip, $kind) {
             log::log!($level, $($arg)+);
         }
     };

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::chat_server::ChatServer;
 use crate::actors::session::{Session, SessionSettings};
 use crate::log_noise;
-use crate::logging::Noise;
-use crate::outbound::SessionId;
+use crate::server::logging::Noise;
+use crate::server::outbound::SessionId;
 
 /// Descriptors kept free beyond those open at start: state files being rewritten, the
 /// folder fsync, a connection accepted and then refused, threads the runtime starts.

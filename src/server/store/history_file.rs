@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::identity_file::LoadError;
 use crate::protocol::ChatMessage;
-use crate::state_files;
+use crate::server::store::identity_file::LoadError;
+use crate::server::store::state_files;
 
 /// The largest id: JSON numbers are exact up to 2^53 − 1 in every client.
 pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Identities, IdentityChange};
-use crate::state_files;
+use crate::server::identity::{Identities, IdentityChange};
+use crate::server::store::state_files;
 
 /// Largest `users.json` or journal the server reads (a hundred thousand accounts take
 /// about 20 MB).
@@ -285,7 +285,7 @@ fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Account;
+    use crate::server::identity::Account;
 
     fn add(name: &str) -> IdentityChange {
         IdentityChange::AddAccount {

@@ -1,0 +1,12 @@
+//! Everything only the server uses, beside its actors (`crate::actors`): the command
+//! line, the listening socket, outbound delivery, limits, password hashing, the log,
+//! the identities, and the files of the state folder.
+
+pub mod config;
+pub mod hashing;
+pub mod identity;
+pub mod limits;
+pub mod listener;
+pub mod logging;
+pub mod outbound;
+pub mod store;
