@@ -17,6 +17,24 @@ pub const PORT_ATTEMPTS: u16 = 100;
 /// Fewer PBKDF2 rounds than this would make stored hashes cheap to brute-force.
 pub const MIN_PBKDF2_ROUNDS: u32 = 1000;
 
+/// A flag value that parses but cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--pbkdf2-rounds must be at least {MIN_PBKDF2_ROUNDS} (got {0})")]
+    TooFewRounds(u32),
+    #[error("--max-frame must be between 1 and {max} (got {0})", max = u32::MAX)]
+    MaxFrame(usize),
+    #[error("--token-ttl must be at least 1 second")]
+    TokenTtl,
+    #[error("--host {host}: cannot resolve it: {source}")]
+    Unresolvable {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("--host {host}: the name has no address")]
+    NoAddress { host: String },
+}
+
 /// Server configuration, as parsed from flags and environment.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -95,36 +113,33 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Checks what clap's types cannot express; the error is a one-line reason.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what clap's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.pbkdf2_rounds < MIN_PBKDF2_ROUNDS {
-            return Err(format!(
-                "--pbkdf2-rounds must be at least {MIN_PBKDF2_ROUNDS} (got {})",
-                self.pbkdf2_rounds
-            ));
+            return Err(ConfigError::TooFewRounds(self.pbkdf2_rounds));
         }
         if self.max_frame == 0 || self.max_frame > u32::MAX as usize {
-            return Err(format!(
-                "--max-frame must be between 1 and {} (got {})",
-                u32::MAX,
-                self.max_frame
-            ));
+            return Err(ConfigError::MaxFrame(self.max_frame));
         }
         if self.token_ttl == 0 {
-            return Err("--token-ttl must be at least 1 second".to_string());
+            return Err(ConfigError::TokenTtl);
         }
         Ok(())
     }
 
     /// The address to bind: `--host` itself when it is an IP address, else the first
     /// address the name resolves to (IPv4 preferred, as most clients try it first).
-    pub fn bind_address(&self) -> Result<IpAddr, String> {
+    pub fn bind_address(&self) -> Result<IpAddr, ConfigError> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(ip);
         }
+        let host = || crate::text::quote(&self.host);
         let addresses: Vec<IpAddr> = (self.host.as_str(), 0)
             .to_socket_addrs()
-            .map_err(|e| format!("--host {}: cannot resolve it: {e}", self.host))?
+            .map_err(|source| ConfigError::Unresolvable {
+                host: host(),
+                source,
+            })?
             .map(|a| a.ip())
             .collect();
         addresses
@@ -132,7 +147,7 @@ impl ServerConfig {
             .find(|ip| ip.is_ipv4())
             .or(addresses.first())
             .copied()
-            .ok_or_else(|| format!("--host {}: the name has no address", self.host))
+            .ok_or_else(|| ConfigError::NoAddress { host: host() })
     }
 
     /// `None` when the limit is switched off with 0.
@@ -167,11 +182,11 @@ mod tests {
         let config =
             |host: &str| ServerConfig::try_parse_from(["echochat-server", "--host", host]).unwrap();
         assert_eq!(
-            config("::1").bind_address(),
-            Ok("::1".parse::<IpAddr>().unwrap())
+            config("::1").bind_address().unwrap(),
+            "::1".parse::<IpAddr>().unwrap()
         );
         assert!(config("localhost").bind_address().unwrap().is_loopback());
         let err = config("no-such-host.invalid").bind_address().unwrap_err();
-        assert!(err.contains("no-such-host.invalid"), "{err}");
+        assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
     }
 }

@@ -122,6 +122,19 @@ fn bind(host: IpAddr, port: u16) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
+/// Why no port could be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot bind {host}:{port}: {source}")]
+    Bind {
+        host: IpAddr,
+        port: u16,
+        source: io::Error,
+    },
+    #[error("no free port between {first} and {last} on {host}")]
+    NoFreePort { host: IpAddr, first: u16, last: u16 },
+}
+
 /// A bound listener, and the ports tried before it that were busy.
 pub struct Bound {
     pub listener: StdListener,
@@ -129,35 +142,32 @@ pub struct Bound {
 }
 
 /// Binds `host:port`, or the next free port among `attempts` (port 0: the OS picks).
-pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<Bound, String> {
+pub fn bind_with_fallback(host: IpAddr, port: u16, attempts: u16) -> Result<Bound, BindError> {
+    let failed = |port, source| BindError::Bind { host, port, source };
     if port == 0 {
         return bind(host, 0)
             .map(|listener| Bound {
                 listener,
                 busy: Vec::new(),
             })
-            .map_err(|e| format!("cannot bind {host}:0: {e}"));
+            .map_err(|source| failed(0, source));
     }
     let mut busy = Vec::new();
-    let mut last_error = None;
     for offset in 0..attempts {
         let Some(candidate) = port.checked_add(offset) else {
             break;
         };
         match bind(host, candidate) {
             Ok(listener) => return Ok(Bound { listener, busy }),
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-                busy.push(candidate);
-                last_error = Some(err);
-            }
-            Err(err) => return Err(format!("cannot bind {host}:{candidate}: {err}")),
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => busy.push(candidate),
+            Err(err) => return Err(failed(candidate, err)),
         }
     }
-    let last = port.saturating_add(attempts - 1);
-    Err(format!(
-        "no free port between {port} and {last} on {host}: {}",
-        last_error.map_or_else(|| "out of range".to_string(), |e| e.to_string())
-    ))
+    Err(BindError::NoFreePort {
+        host,
+        first: port,
+        last: port.saturating_add(attempts.saturating_sub(1)),
+    })
 }
 
 /// `ports` as ranges: `9090-9092, 9095`.
@@ -305,7 +315,7 @@ mod tests {
                 assert_eq!(second.busy.first(), Some(&taken));
             }
             // The next ports may happen to be taken too; never the same one.
-            Err(reason) => assert!(reason.contains("no free port"), "{reason}"),
+            Err(reason) => assert!(reason.to_string().contains("no free port"), "{reason}"),
         }
         assert!(bind_with_fallback(host, taken, 1).is_err());
     }

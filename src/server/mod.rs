@@ -9,4 +9,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod outbound;
+mod start;
 pub mod store;
+
+pub use start::{run, StartError};

@@ -1,0 +1,222 @@
+//! Start-up and the life of the process: `server::run` parses nothing (the binary
+//! does that) and does everything else: recovers the state folder, binds the port,
+//! prints `listening on <ip>:<port>` as the first stdout line, and wires the actors
+//! together — `ChatServer` and `Persistence` on arbiters of their own, sessions spread
+//! over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to the same
+//! graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
+//! [`StartError`], printed by the binary as one line.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
+use crate::actors::chat_server::{ChatServer, ChatSettings, History, Shutdown};
+use crate::actors::persistence::{Persistence, StatePaths};
+use crate::actors::session::SessionSettings;
+use crate::client::prompt::ask_port;
+use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, ConnectionSlots};
+use crate::server::logging;
+use crate::server::store::history_file::{
+    load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
+};
+use crate::server::store::identity_file::{IdentityFile, LoadError};
+use crate::server::store::state_files;
+use crate::text;
+
+/// Why the server could not start (or ended abnormally).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("state folder {path} unusable: {source}")]
+    StateFolder { path: PathBuf, source: io::Error },
+    #[error("log file {path} unusable: {source}")]
+    LogFile { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    StateFile(#[from] LoadError),
+    #[error("{path} unusable: {source}")]
+    IdFile { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot set up the listening socket: {0}")]
+    Socket(io::Error),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(io::Error),
+    #[error("cannot read stdin: {0}")]
+    Stdin(io::Error),
+    #[error("the server stopped abnormally: {0}")]
+    System(io::Error),
+}
+
+/// Runs the server until it is shut down: start-up steps that can fail, then the
+/// actor system.
+pub fn run(config: ServerConfig) -> Result<(), StartError> {
+    config.validate()?;
+    let paths = StatePaths::new(&config.state_dir);
+    let folder_error = |source| StartError::StateFolder {
+        path: paths.dir.clone(),
+        source,
+    };
+    state_files::create_private_dir(&paths.dir).map_err(folder_error)?;
+    // Held until the process ends: a second server on this folder is refused.
+    let _lock = state_files::lock_folder(&paths.dir).map_err(folder_error)?;
+    logging::init(&paths.log).map_err(|source| StartError::LogFile {
+        path: paths.log.clone(),
+        source,
+    })?;
+
+    let recovered = IdentityFile::open(&paths.users, &paths.journal)?;
+    if recovered.replayed > 0 {
+        log::info!(
+            "{} identity changes replayed from {}",
+            recovered.replayed,
+            paths.journal.display()
+        );
+    }
+    if recovered.dropped_torn_line {
+        log::warn!(
+            "{}: an incomplete last line (interrupted write) was dropped",
+            paths.journal.display()
+        );
+    }
+    for name in &recovered.key_clashes {
+        log::warn!("account {name} now compares equal to another account's name; kept apart");
+    }
+    let loaded = load_history(&paths.history, config.history)?;
+    if loaded.dropped_torn_line {
+        log::warn!(
+            "{}: an incomplete last line (interrupted write) was dropped",
+            paths.history.display()
+        );
+    }
+    // Ids a crashed run may have sent are skipped, never given again.
+    let reserved = load_reserved_ids(&paths.ids)?;
+    let next_id = loaded.last_id.max(reserved) + 1;
+    let reserved_through = (next_id - 1 + ID_BLOCK).min(MAX_MESSAGE_ID);
+    store_reserved_ids(&paths.ids, reserved_through).map_err(|source| StartError::IdFile {
+        path: paths.ids.clone(),
+        source,
+    })?;
+    let history = History::new(config.history, loaded.recent, next_id, reserved_through);
+
+    let capacity = listener::connection_capacity();
+    let max_conns = match (config.max_conns, capacity) {
+        (0, Some(capacity)) => capacity,
+        (configured, Some(capacity)) if capacity < configured => {
+            log::warn!(
+                "--max-conns lowered from {configured} to {capacity}: that is what the open-file limit leaves"
+            );
+            capacity
+        }
+        (configured, _) => configured,
+    };
+
+    let port = match config.port {
+        Some(port) => port,
+        // A console that cannot be read or written still gets the default.
+        None if std::io::stdin().is_terminal() => ask_port(
+            &mut std::io::stdin().lock(),
+            &mut std::io::stderr(),
+            DEFAULT_PORT,
+        )
+        .unwrap_or(DEFAULT_PORT),
+        None => DEFAULT_PORT,
+    };
+    let host = config.bind_address()?;
+    if host.to_string() != config.host {
+        log::info!("--host {} resolved to {host}", text::quote(&config.host));
+    }
+    let bound = bind_with_fallback(host, port, PORT_ATTEMPTS)?;
+    let listener = bound.listener;
+    let address = listener.local_addr().map_err(StartError::Socket)?;
+    listener.set_nonblocking(true).map_err(StartError::Socket)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {address}")
+            .and_then(|_| out.flush())
+            .map_err(StartError::Stdout)?;
+    }
+    if !bound.busy.is_empty() {
+        log::warn!(
+            "port {} busy, so {} was taken instead",
+            listener::describe_ports(&bound.busy),
+            address.port()
+        );
+    }
+    log::info!(
+        "listening on {address} (state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections)",
+        paths.dir.display(),
+        recovered.identities.users.len(),
+    );
+
+    let identities = recovered.identities;
+    let identity_file = recovered.file;
+    let system = System::new();
+    let started: Result<(), StartError> = system.block_on(async move {
+        let stop_accepting = CancellationToken::new();
+        let persistence = Persistence::start_in_arbiter(&Arbiter::new().handle(), {
+            let paths = paths.clone();
+            move |_| Persistence::new(paths, identity_file)
+        });
+        let chat = ChatServer::new(
+            ChatSettings::from_config(&config, max_conns),
+            identities,
+            history,
+            persistence.clone(),
+            stop_accepting.clone(),
+            address,
+        );
+        let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), move |_| chat);
+
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
+        actix::spawn(accept_loop(
+            listener,
+            session_arbiters,
+            server.clone(),
+            Arc::new(SessionSettings::from_config(&config)),
+            ConnectionSlots::new(max_conns),
+            stop_accepting,
+        ));
+
+        let console = AdminConsole::new(server.clone(), persistence, paths.log.clone()).start();
+        spawn_stdin_reader(console).map_err(StartError::Stdin)?;
+        actix::spawn(shutdown_on_signals(server));
+        Ok(())
+    });
+    started?;
+    system.run().map_err(StartError::System)?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM shut down gracefully; a second one ends the process at once.
+async fn shutdown_on_signals(server: Addr<ChatServer>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        log::error!("cannot install signal handlers; use the console's shutdown");
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        if round == 0 {
+            log::info!("signal received: shutting down");
+            server.do_send(Shutdown);
+        } else {
+            log::warn!("second signal: exiting without waiting");
+            std::process::exit(1);
+        }
+    }
+}
