@@ -230,7 +230,7 @@ fn console_say_and_kick_keep_their_argument() {
                 if !text.is_empty() {
                     prop_assert_eq!(
                         parse_command(&format!("say {text}\n")),
-                        Ok(Some(Command::Say(text.clone())))
+                        Ok(Some(Command::Announce(text.clone())))
                     );
                 }
                 Ok(())

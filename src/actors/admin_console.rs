@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::chat_server::{
-    AdminSay, ChatServer, ClearIdentities, Kick, ListUsers, SetPaused, Shutdown, Status,
+    ChatServer, ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, ResumeGreeting,
+    Shutdown, Status,
 };
 use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
@@ -57,7 +58,7 @@ impl AdminConsole {
                     report.connections,
                     report.waiting,
                     report.accounts,
-                    report.next_message_id.saturating_sub(1),
+                    report.last_message_id,
                     format_uptime(report.uptime),
                 )
             }),
@@ -68,10 +69,10 @@ impl AdminConsole {
                     users.iter().map(|u| escape(u)).collect::<Vec<_>>().join("\n")
                 }
             }),
-            Command::Pause => self.answer(ctx, self.server.send(SetPaused(true)), |_| {
+            Command::Pause => self.answer(ctx, self.server.send(PauseGreeting), |()| {
                 "greeting paused".to_string()
             }),
-            Command::Resume => self.answer(ctx, self.server.send(SetPaused(false)), |n| {
+            Command::Resume => self.answer(ctx, self.server.send(ResumeGreeting), |n| {
                 format!("greeting resumed ({n} waiting)")
             }),
             Command::Logs(last) => {
@@ -118,12 +119,12 @@ impl AdminConsole {
                     }
                 })
             }
-            Command::Say(text) => self.answer(ctx, self.server.send(AdminSay { text }), |id| {
-                match id {
-                    Some(id) => format!("sent message #{id}"),
-                    None => "not sent: the server cannot record messages right now".to_string(),
-                }
-            }),
+            Command::Announce(text) => {
+                self.answer(ctx, self.server.send(PostAsServer { text }), |id| match id {
+                    Ok(id) => format!("sent message #{id}"),
+                    Err(err) => format!("not sent: {err}"),
+                })
+            }
             Command::Shutdown => {
                 print_out("shutting down");
                 self.server.do_send(Shutdown);

@@ -1,4 +1,5 @@
-//! `Persistence`: the only actor that writes the state folder's files.
+//! `Persistence`: the only actor that writes the state folder's files, and
+//! [`FileStore`], the `Store` that `ChatServer` reaches it through.
 //!
 //! It runs on its own arbiter, so a slow disk never delays chat delivery. It owns
 //! [`IdentityFile`] (`users.json` and its journal) and [`HistoryFile`]
@@ -14,9 +15,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 
+mod file_store;
+
+pub use self::file_store::{FileStore, IdAllocator};
+
 use crate::server::identity::IdentityChange;
 use crate::server::store::history_file::{store_reserved_ids, HistoryFile};
 use crate::server::store::identity_file::IdentityFile;
+use crate::server::store::StoreHealth;
 
 /// How long appended history may sit in memory before it is written out: the most
 /// chat a crash can lose.
@@ -77,7 +83,7 @@ pub struct Persistence {
     identities: IdentityFile,
     history: HistoryFile,
     /// Told when history stops or starts being writable again.
-    history_watcher: Option<Recipient<HistoryWritable>>,
+    health_watcher: Option<Recipient<StoreHealth>>,
     /// Whether the last attempt to write history failed.
     history_failing: bool,
     /// Whether the last attempt to write the identity journal failed.
@@ -92,7 +98,7 @@ impl Persistence {
             paths,
             identities,
             history,
-            history_watcher: None,
+            health_watcher: None,
             history_failing: false,
             journal_failing: false,
         }
@@ -119,8 +125,12 @@ impl Persistence {
             if !failing {
                 log::info!("history is being written again");
             }
-            if let Some(watcher) = &self.history_watcher {
-                watcher.do_send(HistoryWritable(!failing));
+            if let Some(watcher) = &self.health_watcher {
+                watcher.do_send(if failing {
+                    StoreHealth::NotRecording
+                } else {
+                    StoreHealth::Recording
+                });
             }
         }
         result
@@ -253,22 +263,17 @@ impl Handler<SyncForShutdown> for Persistence {
     }
 }
 
-/// Whether `history.jsonl` takes writes (`false` after a failed write, `true` once a
-/// retry succeeds); sent to the watcher registered with [`WatchHistory`].
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct HistoryWritable(pub bool);
-
-/// Register the actor to tell about [`HistoryWritable`] changes.
+/// Register the actor to tell about [`StoreHealth`] changes (history stops or starts
+/// taking writes).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct WatchHistory(pub Recipient<HistoryWritable>);
+pub struct WatchHealth(pub Recipient<StoreHealth>);
 
-impl Handler<WatchHistory> for Persistence {
+impl Handler<WatchHealth> for Persistence {
     type Result = ();
 
-    fn handle(&mut self, msg: WatchHistory, _: &mut Self::Context) {
-        self.history_watcher = Some(msg.0);
+    fn handle(&mut self, msg: WatchHealth, _: &mut Self::Context) {
+        self.health_watcher = Some(msg.0);
     }
 }
 

@@ -19,14 +19,15 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
 use super::chat_server::{
-    AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Logout, Say, Who,
+    AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Greeted, Logout,
+    PeerHandle, PostMessage, Who,
 };
 use crate::codec::{encode_frame, FrameCodec, FrameError};
 use crate::log_noise;
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
 use crate::server::config::ServerConfig;
+use crate::server::limits::ConnectionSlot;
 use crate::server::limits::TokenBucket;
-use crate::server::listener::ConnectionSlot;
 use crate::server::logging::Noise;
 use crate::server::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
 use crate::text;
@@ -228,7 +229,7 @@ impl Session {
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
             ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
-            (Stage::User(_), ClientMessage::Say { text }) => self.say(text, ctx),
+            (Stage::User(_), ClientMessage::Say { text }) => self.post_message(text, ctx),
             (Stage::User(_), ClientMessage::Who) => self.server.do_send(Who { id: self.id }),
             (Stage::User(_), ClientMessage::Logout) => {
                 self.server
@@ -257,7 +258,7 @@ impl Session {
             .wait(ctx);
     }
 
-    fn say(&mut self, text: String, ctx: &mut Context<Self>) {
+    fn post_message(&mut self, text: String, ctx: &mut Context<Self>) {
         if text.is_empty() {
             self.refuse_bad_input(ErrorCode::BadRequest, "empty message", ctx);
             return;
@@ -282,7 +283,7 @@ impl Session {
         self.says_in_flight += 1;
         let taken = self
             .server
-            .send(Say { id: self.id, text })
+            .send(PostMessage { id: self.id, text })
             .into_actor(self)
             .map(|_, act, _| act.says_in_flight -= 1);
         if self.says_in_flight >= SAYS_IN_FLIGHT {
@@ -362,8 +363,10 @@ impl Actor for Session {
         self.server.do_send(Connect {
             id: self.id,
             peer: self.peer,
-            session: ctx.address(),
-            outbox,
+            handle: PeerHandle {
+                outbox,
+                greeter: ctx.address().recipient(),
+            },
         });
     }
 
@@ -376,11 +379,6 @@ impl Actor for Session {
         self.server.do_send(Disconnect { id: self.id });
     }
 }
-
-/// The server has sent this connection its `welcome`: start reading and the timers.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Greeted;
 
 impl Handler<Greeted> for Session {
     type Result = ();

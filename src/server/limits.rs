@@ -6,9 +6,19 @@
 //! - [`WindowLimiter`]: so many events per key in a sliding window, with events still
 //!   in progress counted in advance, for `--login-rate` (guesses per address and per
 //!   account) and `--register-rate` (new accounts per address).
+//! - [`ConnectionSlots`]: connections at once, as many as the open-file limit leaves
+//!   room for ([`connection_capacity`]); `--max-conns` and `--max-conns-per-ip` are
+//!   applied by `ChatServer`'s `Connections`.
+//!
+//! The other limits are constants beside what they bound: the frame size (`codec`),
+//! a session's requests in flight and bad-input allowance (`actors::session`), the
+//! output queue and ring (`server::outbound`), the history replayed at login
+//! (`actors::chat_server::history`), tokens per account (`server::identity`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `rate` tokens a second, holding at most `burst`; a zero rate means no limit.
@@ -224,9 +234,116 @@ impl<K: Hash + Eq + Clone> WindowLimiter<K> {
     }
 }
 
+/// Descriptors kept free beyond those open at start: state files being rewritten, the
+/// folder fsync, a connection accepted and then refused, threads the runtime starts.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the open-file limit to its hard limit and returns how many connections the
+/// descriptors then leave room for; `None` if the limit is unknown or unlimited.
+pub fn connection_capacity() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only write into the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let open_now = std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count() as u64);
+    let capacity = limit.rlim_cur.saturating_sub(open_now + SPARE_DESCRIPTORS);
+    Some(usize::try_from(capacity).unwrap_or(usize::MAX))
+}
+
+/// How many connections are open, against how many may be: shared by the accept loop
+/// (which takes a slot per connection) and the sessions (which give it back).
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots {
+    live: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl ConnectionSlots {
+    /// Room for `capacity` connections (0: no limit).
+    pub fn new(capacity: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            live: Arc::new(AtomicUsize::new(0)),
+            capacity,
+        }
+    }
+
+    /// A slot for one more connection, if there is room.
+    pub fn take(&self) -> Option<ConnectionSlot> {
+        let taken = self.live.fetch_add(1, Ordering::AcqRel);
+        if self.capacity > 0 && taken >= self.capacity {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.live.clone()))
+    }
+
+    /// Connections open now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+/// One connection's place; given back when dropped (when its session ends).
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_taken_up_to_the_capacity_and_given_back() {
+        let slots = ConnectionSlots::new(2);
+        let a = slots.take().unwrap();
+        let _b = slots.take().unwrap();
+        assert!(slots.take().is_none());
+        drop(a);
+        assert_eq!(slots.live(), 1);
+        assert!(slots.take().is_some());
+        let unlimited = ConnectionSlots::new(0);
+        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.take()).collect();
+        assert_eq!(held.len(), 1000);
+    }
+
+    #[test]
+    fn capacity_leaves_room_below_the_open_file_limit() {
+        if let Some(capacity) = connection_capacity() {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes only into the struct.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+                0
+            );
+            assert!((capacity as u64) < limit.rlim_cur);
+        }
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {

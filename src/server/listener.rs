@@ -1,14 +1,12 @@
 //! The listening socket: binding with a fallback to the next ports, and the accept loop
 //! that hands each connection to a `Session` on one of the session arbiters.
 //!
-//! Every connection costs a file descriptor. At start the server raises its open-file
-//! limit as far as it may and works out how many connections that leaves room for
-//! ([`connection_capacity`]); the accept loop never holds more ([`ConnectionSlots`]),
-//! so the state files and the users already in always have descriptors to spare.
+//! Every connection costs a file descriptor: the accept loop never holds more than
+//! [`ConnectionSlots`](crate::server::limits::ConnectionSlots) allows, so the state
+//! files and the users already in always have descriptors to spare.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,85 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::chat_server::ChatServer;
 use crate::actors::session::{Session, SessionSettings};
 use crate::log_noise;
+use crate::server::limits::ConnectionSlots;
 use crate::server::logging::Noise;
 use crate::server::outbound::SessionId;
-
-/// Descriptors kept free beyond those open at start: state files being rewritten, the
-/// folder fsync, a connection accepted and then refused, threads the runtime starts.
-const SPARE_DESCRIPTORS: u64 = 64;
-
-/// Raises the open-file limit to its hard limit and returns how many connections the
-/// descriptors then leave room for; `None` if the limit is unknown or unlimited.
-pub fn connection_capacity() -> Option<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only write into the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    if limit.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    let open_now = std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count() as u64);
-    let capacity = limit.rlim_cur.saturating_sub(open_now + SPARE_DESCRIPTORS);
-    Some(usize::try_from(capacity).unwrap_or(usize::MAX))
-}
-
-/// How many connections are open, against how many may be: shared by the accept loop
-/// (which takes a slot per connection) and the sessions (which give it back).
-#[derive(Debug, Clone)]
-pub struct ConnectionSlots {
-    live: Arc<AtomicUsize>,
-    capacity: usize,
-}
-
-impl ConnectionSlots {
-    /// Room for `capacity` connections (0: no limit).
-    pub fn new(capacity: usize) -> ConnectionSlots {
-        ConnectionSlots {
-            live: Arc::new(AtomicUsize::new(0)),
-            capacity,
-        }
-    }
-
-    /// A slot for one more connection, if there is room.
-    pub fn take(&self) -> Option<ConnectionSlot> {
-        let taken = self.live.fetch_add(1, Ordering::AcqRel);
-        if self.capacity > 0 && taken >= self.capacity {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(self.live.clone()))
-    }
-
-    /// Connections open now.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
-}
-
-/// One connection's place; given back when dropped (when its session ends).
-#[derive(Debug)]
-pub struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// First pause after an accept error; it doubles up to [`MAX_ACCEPT_BACKOFF`]. Running
 /// out of file descriptors is the usual cause, and it passes as connections close.
@@ -269,36 +191,6 @@ mod tests {
         assert_eq!(describe_ports(&[9090, 9091, 9092, 9095]), "9090-9092, 9095");
         assert_eq!(describe_ports(&[7]), "7");
         assert_eq!(describe_ports(&[]), "");
-    }
-
-    #[test]
-    fn slots_are_taken_up_to_the_capacity_and_given_back() {
-        let slots = ConnectionSlots::new(2);
-        let a = slots.take().unwrap();
-        let _b = slots.take().unwrap();
-        assert!(slots.take().is_none());
-        drop(a);
-        assert_eq!(slots.live(), 1);
-        assert!(slots.take().is_some());
-        let unlimited = ConnectionSlots::new(0);
-        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.take()).collect();
-        assert_eq!(held.len(), 1000);
-    }
-
-    #[test]
-    fn capacity_leaves_room_below_the_open_file_limit() {
-        if let Some(capacity) = connection_capacity() {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes only into the struct.
-            assert_eq!(
-                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-                0
-            );
-            assert!((capacity as u64) < limit.rlim_cur);
-        }
     }
 
     #[test]

@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
 use crate::actors::chat_server::{ChatServer, ChatSettings, History, Shutdown};
-use crate::actors::persistence::{Persistence, StatePaths};
+use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths, WatchHealth};
 use crate::actors::session::SessionSettings;
 use crate::client::prompt::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
-use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, ConnectionSlots};
+use crate::server::limits::{self, ConnectionSlots};
+use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError};
 use crate::server::logging;
 use crate::server::store::history_file::{
     load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
@@ -102,9 +103,10 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         path: paths.ids.clone(),
         source,
     })?;
-    let history = History::new(config.history, loaded.recent, next_id, reserved_through);
+    let history = History::new(config.history, loaded.recent);
+    let ids = IdAllocator::new(next_id, reserved_through);
 
-    let capacity = listener::connection_capacity();
+    let capacity = limits::connection_capacity();
     let max_conns = match (config.max_conns, capacity) {
         (0, Some(capacity)) => capacity,
         (configured, Some(capacity)) if capacity < configured => {
@@ -156,6 +158,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
 
     let identities = recovered.identities;
     let identity_file = recovered.file;
+    let config_for_chat = config.clone();
     let system = System::new();
     let started: Result<(), StartError> = system.block_on(async move {
         let stop_accepting = CancellationToken::new();
@@ -163,15 +166,23 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             let paths = paths.clone();
             move |_| Persistence::new(paths, identity_file)
         });
-        let chat = ChatServer::new(
-            ChatSettings::from_config(&config, max_conns),
-            identities,
-            history,
-            persistence.clone(),
-            stop_accepting.clone(),
-            address,
-        );
-        let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), move |_| chat);
+        let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), {
+            let persistence = persistence.clone();
+            let stop_accepting = stop_accepting.clone();
+            move |_| {
+                // Built on its own arbiter: the store's replies arrive on that thread.
+                let store = FileStore::new(persistence, ids);
+                ChatServer::new(
+                    ChatSettings::from_config(&config_for_chat, max_conns),
+                    identities,
+                    history,
+                    Box::new(store),
+                    stop_accepting,
+                    address,
+                )
+            }
+        });
+        persistence.do_send(WatchHealth(server.clone().recipient()));
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();

@@ -21,7 +21,8 @@ pub enum Command {
     ClearLogs,
     ClearIds,
     Kick(String),
-    Say(String),
+    /// `say TEXT`: a message from `server` to everyone.
+    Announce(String),
     Shutdown,
 }
 
@@ -117,7 +118,7 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, ConsoleError> {
                 rest.chars().count()
             ),
         )),
-        "say" => Ok(Some(Command::Say(rest.to_string()))),
+        "say" => Ok(Some(Command::Announce(rest.to_string()))),
         _ => Err(ConsoleError::Unknown(word.to_string())),
     }
 }
@@ -148,7 +149,7 @@ mod tests {
         assert_eq!(parse("kick bob"), Ok(Some(Command::Kick("bob".into()))));
         assert_eq!(
             parse("say hello  there"),
-            Ok(Some(Command::Say("hello  there".into())))
+            Ok(Some(Command::Announce("hello  there".into())))
         );
         for word in ["shutdown", "exit", "quit"] {
             assert_eq!(parse(word), Ok(Some(Command::Shutdown)));
@@ -162,7 +163,10 @@ mod tests {
         assert_eq!(parse("  status  \r\n"), Ok(Some(Command::Status)));
         assert_eq!(parse("logs    3 "), Ok(Some(Command::Logs(Some(3)))));
         assert_eq!(parse("kick   zoë\n"), Ok(Some(Command::Kick("zoë".into()))));
-        assert_eq!(parse("say   hi\n"), Ok(Some(Command::Say("hi".into()))));
+        assert_eq!(
+            parse("say   hi\n"),
+            Ok(Some(Command::Announce("hi".into())))
+        );
     }
 
     #[test]

@@ -1,24 +1,21 @@
-//! `History`: the recent chat `ChatServer` replays at login, and the ids it may give.
+//! `History`: the recent chat `ChatServer` replays at login.
 //!
 //! Plain data with no actor code. It keeps the last `--history` MESSAGE payloads (the
 //! `history` frame is assembled from them without re-serialising, and cached until the
 //! next message), bounded in bytes as well as in count so that a login cannot pull an
-//! unbounded frame. It hands out ids only within the durable reservation (see
-//! `history_file`), and says when to ask for the next block: half a block ahead, so
-//! chat never waits for the disk.
+//! unbounded frame.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::frame_from_payload;
-use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
 
 /// Most bytes of messages a `history` frame replays: the newest messages that fit.
 /// A login (or a resume loop) then costs a bounded amount of output.
 pub const MAX_REPLAY_BYTES: usize = 256 * 1024;
 
-/// The recent messages and the id sequence.
+/// The recent messages.
 #[derive(Debug)]
 pub struct History {
     /// How many messages are replayed (`--history`).
@@ -27,24 +24,11 @@ pub struct History {
     recent: VecDeque<Bytes>,
     /// The `history` frame for `recent`, built on first use.
     frame: Option<Bytes>,
-    next_id: u64,
-    /// The highest id on disk as reserved.
-    reserved_through: u64,
-    /// A reservation asked for and not yet answered.
-    reserving: bool,
-    /// False while `history.jsonl` refuses writes (a full disk).
-    writable: bool,
 }
 
 impl History {
-    /// History over `recent` (oldest first), giving ids from `next_id`, with ids up to
-    /// `reserved_through` already reserved.
-    pub fn new(
-        limit: usize,
-        mut recent: VecDeque<Bytes>,
-        next_id: u64,
-        reserved_through: u64,
-    ) -> History {
+    /// History of at most `limit` messages over `recent` (oldest first).
+    pub fn new(limit: usize, mut recent: VecDeque<Bytes>) -> History {
         while recent.len() > limit {
             recent.pop_front();
         }
@@ -52,53 +36,7 @@ impl History {
             limit,
             recent,
             frame: None,
-            next_id,
-            reserved_through,
-            reserving: false,
-            writable: true,
         }
-    }
-
-    /// The id the next message gets.
-    pub fn next_id(&self) -> u64 {
-        self.next_id
-    }
-
-    /// The last id given (0 before any).
-    pub fn last_id(&self) -> u64 {
-        self.next_id.saturating_sub(1)
-    }
-
-    /// Takes the next id, if it is within the reservation.
-    pub fn take_id(&mut self) -> Option<u64> {
-        if self.next_id > self.reserved_through || self.next_id > MAX_MESSAGE_ID {
-            return None;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        Some(id)
-    }
-
-    /// The reservation to write now, if one is due (less than half a block left and
-    /// none on its way); it is then on its way until [`reserved`](Self::reserved) or
-    /// [`reservation_failed`](Self::reservation_failed).
-    pub fn reservation_due(&mut self) -> Option<u64> {
-        if self.reserving || self.reserved_through.saturating_sub(self.next_id) >= ID_BLOCK / 2 {
-            return None;
-        }
-        self.reserving = true;
-        Some((self.next_id + ID_BLOCK).min(MAX_MESSAGE_ID))
-    }
-
-    /// A reservation up to `through` is on disk.
-    pub fn reserved(&mut self, through: u64) {
-        self.reserving = false;
-        self.reserved_through = self.reserved_through.max(through);
-    }
-
-    /// A reservation could not be written; the next message asks again.
-    pub fn reservation_failed(&mut self) {
-        self.reserving = false;
     }
 
     /// Records a message's payload as the newest.
@@ -143,16 +81,6 @@ impl History {
         self.frame = Some(frame.clone());
         frame
     }
-
-    /// Whether messages can be recorded on disk now.
-    pub fn is_writable(&self) -> bool {
-        self.writable
-    }
-
-    /// `history.jsonl` started or stopped taking writes.
-    pub fn set_writable(&mut self, writable: bool) {
-        self.writable = writable;
-    }
 }
 
 #[cfg(test)]
@@ -166,7 +94,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_messages_and_caches_the_frame() {
-        let mut history = History::new(2, VecDeque::new(), 1, 100);
+        let mut history = History::new(2, VecDeque::new());
         for text in ["1", "2", "3"] {
             history.record(Bytes::from(format!(r#"{{"text":"{text}"}}"#)));
         }
@@ -181,7 +109,7 @@ mod tests {
 
     #[test]
     fn the_frame_is_bounded_in_bytes() {
-        let mut history = History::new(1000, VecDeque::new(), 1, 100);
+        let mut history = History::new(1000, VecDeque::new());
         let big = format!(r#"{{"text":"{}"}}"#, "x".repeat(10_000));
         for _ in 0..100 {
             history.record(Bytes::from(big.clone()));
@@ -194,23 +122,9 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_given_only_within_the_reservation() {
-        let mut history = History::new(10, VecDeque::new(), 1, 0);
-        assert_eq!(history.take_id(), None, "nothing reserved yet");
-        let through = history.reservation_due().unwrap();
-        assert_eq!(through, 1 + ID_BLOCK);
-        assert_eq!(history.reservation_due(), None, "one on its way");
-        history.reserved(through);
-        assert_eq!(history.take_id(), Some(1));
-        assert_eq!(history.reservation_due(), None, "plenty left");
-        while history.next_id() < ID_BLOCK / 2 + 2 {
-            history.take_id().unwrap();
-        }
-        let next = history.reservation_due().unwrap();
-        assert!(next > through);
-        history.reservation_failed();
-        assert!(history.reservation_due().is_some(), "asked again");
-        while history.take_id().is_some() {}
-        assert_eq!(history.last_id(), through);
+    fn nothing_is_kept_with_a_zero_limit() {
+        let mut history = History::new(0, VecDeque::from([Bytes::from_static(b"{}")]));
+        history.record(Bytes::from_static(b"{}"));
+        assert_eq!(frame_json(&mut history)["messages"], serde_json::json!([]));
     }
 }

@@ -1,0 +1,209 @@
+//! [`FileStore`]: the [`Store`] that keeps everything in the state folder.
+//!
+//! It lives inside `ChatServer` and hands the file work to the `Persistence` actor, so
+//! no disk access ever runs on the chat thread. It owns the message ids: they are given
+//! only within the reservation in `ids.json` ([`IdAllocator`]), and the next block is
+//! reserved half a block ahead, so chat never waits for the disk.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use actix::prelude::*;
+
+use super::{
+    AppendHistory, PersistError, Persistence, RecordIdentities, ReserveIds, SyncForShutdown,
+};
+use crate::codec::payload_of;
+use crate::protocol::ChatMessage;
+use crate::server::identity::IdentityChange;
+use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
+use crate::server::store::{Delivery, Draft, Store, StoreError, StoreFuture, Submitted};
+
+/// The message ids: which comes next, and how far the durable reservation reaches.
+#[derive(Debug)]
+pub struct IdAllocator {
+    next_id: u64,
+    /// The highest id on disk as reserved.
+    reserved_through: u64,
+    /// A reservation asked for and not yet answered.
+    reserving: bool,
+}
+
+impl IdAllocator {
+    /// Ids from `next_id`, with ids up to `reserved_through` already reserved.
+    pub fn new(next_id: u64, reserved_through: u64) -> IdAllocator {
+        IdAllocator {
+            next_id,
+            reserved_through,
+            reserving: false,
+        }
+    }
+
+    /// The last id given (0 before any).
+    pub fn last_id(&self) -> u64 {
+        self.next_id.saturating_sub(1)
+    }
+
+    /// Takes the next id, if it is within the reservation.
+    pub fn take(&mut self) -> Option<u64> {
+        if self.next_id > self.reserved_through || self.next_id > MAX_MESSAGE_ID {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(id)
+    }
+
+    /// The reservation to write now, if one is due (less than half a block left and
+    /// none on its way); it is then on its way until [`reserved`](Self::reserved) or
+    /// [`reservation_failed`](Self::reservation_failed).
+    pub fn reservation_due(&mut self) -> Option<u64> {
+        if self.reserving || self.reserved_through.saturating_sub(self.next_id) >= ID_BLOCK / 2 {
+            return None;
+        }
+        self.reserving = true;
+        Some((self.next_id + ID_BLOCK).min(MAX_MESSAGE_ID))
+    }
+
+    /// A reservation up to `through` is on disk.
+    pub fn reserved(&mut self, through: u64) {
+        self.reserving = false;
+        self.reserved_through = self.reserved_through.max(through);
+    }
+
+    /// A reservation could not be written; the next message asks again.
+    pub fn reservation_failed(&mut self) {
+        self.reserving = false;
+    }
+}
+
+/// The file-backed store. See the module documentation.
+pub struct FileStore {
+    persistence: Addr<Persistence>,
+    /// Shared with the reservation replies, which arrive on this same thread.
+    ids: Rc<RefCell<IdAllocator>>,
+}
+
+impl FileStore {
+    /// A store writing through `persistence`, giving ids from `ids`.
+    pub fn new(persistence: Addr<Persistence>, ids: IdAllocator) -> FileStore {
+        FileStore {
+            persistence,
+            ids: Rc::new(RefCell::new(ids)),
+        }
+    }
+
+    /// Asks `Persistence` for the next block of ids when the reservation runs low.
+    fn reserve_if_due(&self) {
+        let Some(through) = self.ids.borrow_mut().reservation_due() else {
+            return;
+        };
+        let sent = self.persistence.send(ReserveIds { through });
+        let ids = Rc::clone(&self.ids);
+        actix::spawn(async move {
+            match sent.await {
+                Ok(Ok(())) => ids.borrow_mut().reserved(through),
+                Ok(Err(err)) => {
+                    log::error!("message ids not reserved: {err}");
+                    ids.borrow_mut().reservation_failed();
+                }
+                Err(err) => {
+                    log::error!("message ids not reserved: {err}");
+                    ids.borrow_mut().reservation_failed();
+                }
+            }
+        });
+    }
+}
+
+fn store_error(sent: Result<Result<(), PersistError>, MailboxError>) -> Result<(), StoreError> {
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(StoreError::Io {
+            path: err.path,
+            message: err.message,
+        }),
+        Err(err) => Err(StoreError::NotAnswering(err.to_string())),
+    }
+}
+
+impl Store for FileStore {
+    fn submit(&mut self, draft: Draft) -> Submitted {
+        let id = self.ids.borrow_mut().take();
+        self.reserve_if_due();
+        let Some(id) = id else {
+            return Submitted::Refused(StoreError::NoIds);
+        };
+        let message = ChatMessage {
+            id,
+            from: draft.from,
+            text: draft.text,
+            ts: crate::server::unix_ms(),
+        };
+        match Delivery::new(message) {
+            Ok(delivery) => {
+                self.persistence
+                    .do_send(AppendHistory(payload_of(&delivery.frame)));
+                Submitted::Delivered(delivery)
+            }
+            Err(err) => Submitted::Refused(StoreError::Io {
+                path: "a message".into(),
+                message: format!("could not be serialised: {err}"),
+            }),
+        }
+    }
+
+    fn record_identities(
+        &mut self,
+        changes: Vec<IdentityChange>,
+        durable: bool,
+    ) -> Option<StoreFuture<()>> {
+        if changes.is_empty() && !durable {
+            return None;
+        }
+        let message = RecordIdentities { changes, durable };
+        if !durable {
+            self.persistence.do_send(message);
+            return None;
+        }
+        let sent = self.persistence.send(message);
+        Some(Box::pin(async move { store_error(sent.await) }))
+    }
+
+    fn last_id(&self) -> u64 {
+        self.ids.borrow().last_id()
+    }
+
+    fn sync_for_shutdown(&mut self) -> StoreFuture<()> {
+        let sent = self.persistence.send(SyncForShutdown {
+            last_id: self.last_id(),
+        });
+        Box::pin(async move { store_error(sent.await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_given_only_within_the_reservation() {
+        let mut ids = IdAllocator::new(1, 0);
+        assert_eq!(ids.take(), None, "nothing reserved yet");
+        let through = ids.reservation_due().unwrap();
+        assert_eq!(through, 1 + ID_BLOCK);
+        assert_eq!(ids.reservation_due(), None, "one on its way");
+        ids.reserved(through);
+        assert_eq!(ids.take(), Some(1));
+        assert_eq!(ids.reservation_due(), None, "plenty left");
+        while ids.last_id() < ID_BLOCK / 2 + 1 {
+            ids.take().unwrap();
+        }
+        let next = ids.reservation_due().unwrap();
+        assert!(next > through);
+        ids.reservation_failed();
+        assert!(ids.reservation_due().is_some(), "asked again");
+        while ids.take().is_some() {}
+        assert_eq!(ids.last_id(), through);
+    }
+}
