@@ -10,6 +10,8 @@
 pub mod args;
 pub mod connection;
 pub mod display;
+pub mod editor;
+pub mod keys;
 pub mod prompt;
 pub mod scripted;
 pub mod session;
