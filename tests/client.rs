@@ -533,7 +533,11 @@ fn scripted_kick_ends_the_session() {
     server.admin(&format!("kick {name}"));
     let run = client.wait();
     assert!(run.status.success(), "{run:#?}");
-    assert!(run.stderr.contains("removed from the chat"), "{run:#?}");
+    assert!(
+        run.stderr.contains("removed by the server's admin"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("removed from"), "said twice: {run:#?}");
 }
 
 #[test]
