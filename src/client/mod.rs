@@ -1,22 +1,25 @@
 //! The interactive terminal client (`echochat`).
 //!
 //! `client_main.rs` parses [`args::Args`] and calls [`run`], which picks a mode: on a
-//! terminal, [`terminal`] asks for what is missing and chats through a line editor; with
-//! stdin a pipe or a file, [`scripted`] reads its lines and asks nothing. Both share the
-//! socket ([`connection`]), the logged-in chat loop ([`session`]), the token file
-//! ([`tokens`]) and how events read ([`display`]). Framing and message types come from
-//! the crate's `codec` and `protocol`, the same ones the server uses.
+//! terminal, [`terminal`] asks for what is missing and chats through its own line
+//! editor ([`tty`], [`editor`], [`keys`]); with stdin a pipe or a file, [`scripted`]
+//! reads its lines and asks nothing. Both share the socket ([`connection`]), the login
+//! flow ([`login`]), the logged-in chat loop ([`session`]), the token file ([`tokens`])
+//! and how events read ([`display`]). Framing and message types come from the crate's
+//! `codec` and `protocol`, the same ones the server uses.
 
 pub mod args;
 pub mod connection;
 pub mod display;
 pub mod editor;
 pub mod keys;
+pub mod login;
 pub mod prompt;
 pub mod scripted;
 pub mod session;
 pub mod terminal;
 pub mod tokens;
+pub mod tty;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

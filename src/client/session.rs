@@ -1,13 +1,17 @@
 //! The chat itself, once logged in: the loop both modes share.
 //!
-//! It reads the user's lines from a channel (fed by rustyline on a terminal, by stdin
-//! in scripted mode), turns them into requests, and shows what the server sends through
-//! an [`Output`]. It keeps the promise of scripted mode, "quit only after the server
-//! echoed what it sent": every `say` stays *in flight* until the server's copy from our
-//! own name comes back (or an `error` refuses it), and `/quit` or end of input waits for
-//! that. When the connection drops it says so and reconnects with backoff, resuming with
-//! the token; says that were in flight are resent unless the replayed history shows they
-//! arrived. `shutdown` and `kicked` end the session.
+//! It reads the user's lines from a channel (fed by the line editor on a terminal, by
+//! stdin in scripted mode), turns them into requests, and shows what the server sends
+//! through an [`Output`]. It keeps the promise of scripted mode, "quit only after the
+//! server echoed what it sent": every `say` stays *in flight* until the server's copy
+//! from our own name comes back (or an `error` refuses it), and `/quit` or end of input
+//! waits for that. When the connection drops it says so in one line and reconnects with
+//! backoff (never faster than once a second, and not starting over for a connection
+//! that drops right after it came back), resuming with the token; says that were in
+//! flight are resent unless the replayed history shows they arrived. `kicked` ends the
+//! session; `shutdown` ends it too in scripted mode, while a person waits for the
+//! server to come back. A frame too large or malformed ends the connection, and a
+//! script.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,8 +30,13 @@ use crate::protocol::{
 /// How long after sending `quit`/`logout` we keep reading for the server to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// First pause before reconnecting; doubled after each failed attempt.
-const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
+/// First pause before reconnecting; doubled after each attempt that does not last.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_secs(1);
+
+/// A connection that stayed up this long was a good one: the next loss starts the
+/// backoff over. One dropped sooner (a server that lets us in and fails again at once)
+/// keeps the delay growing.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// Longest pause between reconnection attempts.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
@@ -47,10 +56,14 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// server's bucket refills at a steady rate, so short waits suffice.
 const RATE_LIMIT_FIRST_DELAY: Duration = Duration::from_millis(100);
 
-/// Where the session's lines go.
+/// Where the session's lines go. Every line is already printable (escaped).
 pub trait Output: Send {
-    /// Chat content: history, messages, joins, leaves, `/who` answers, `/help`.
+    /// Chat content: history, messages, joins, leaves.
     fn chat(&mut self, line: &str);
+    /// Answers to commands: `/who`, `/help`.
+    fn info(&mut self, line: &str) {
+        self.chat(line);
+    }
     /// The client's own status and error reports.
     fn notice(&mut self, line: &str);
 }
@@ -72,6 +85,12 @@ pub struct Policy {
     pub fail_on_ack_timeout: bool,
     /// Quiet time before a `ping`, and how long its answer may take.
     pub ping_interval: Duration,
+    /// After `shutdown`, wait for the server to come back (a person) rather than end
+    /// the session (a script).
+    pub reconnect_after_shutdown: bool,
+    /// A frame too large or malformed ends the session as a failure (scripted) rather
+    /// than the connection only.
+    pub fail_on_bad_frame: bool,
 }
 
 /// How the session ended.
@@ -181,7 +200,10 @@ pub struct Session<O: Output> {
     hold_until: Option<Instant>,
     rate_limit_delay: Duration,
     reconnect_at: Instant,
+    /// Connections lost in a row without one lasting [`STABLE_CONNECTION`].
     reconnect_attempts: u32,
+    /// When the current connection came up.
+    connected_at: Instant,
     /// When we last sent anything, to know when a `ping` is due.
     last_sent: Instant,
     /// When the `ping` we are waiting on went out; any frame from the server clears it.
@@ -215,6 +237,7 @@ impl<O: Output> Session<O> {
             rate_limit_delay: RATE_LIMIT_FIRST_DELAY,
             reconnect_at: Instant::now(),
             reconnect_attempts: 0,
+            connected_at: Instant::now(),
             last_sent: Instant::now(),
             ping_sent: None,
         }
@@ -266,6 +289,11 @@ impl<O: Output> Session<O> {
             let outcome = match event {
                 Event::Server(Ok(Some(message))) => self.on_server(message),
                 Event::Server(Ok(None)) => self.on_lost("the server closed the connection"),
+                Event::Server(Err(e))
+                    if e.is_protocol_violation() && self.policy.fail_on_bad_frame =>
+                {
+                    Some(Outcome::Failed(e.to_string()))
+                }
                 Event::Server(Err(e)) => self.on_lost(&e.to_string()),
                 Event::Line(Some(line)) => self.on_line(&line),
                 Event::Line(None) => {
@@ -340,7 +368,7 @@ impl<O: Output> Session<O> {
             }
             Input::Help => {
                 for line in HELP.lines() {
-                    self.out.chat(line);
+                    self.out.info(line);
                 }
             }
             Input::Nothing => {}
@@ -405,9 +433,7 @@ impl<O: Output> Session<O> {
                 Outgoing::Who => {}
                 Outgoing::Quit => return Some(self.finish(Outcome::Quit).await),
                 Outgoing::Logout => {
-                    if let Err(e) = self.tokens.forget() {
-                        self.out.notice(&format!("warning: {e}"));
-                    }
+                    self.forget_token();
                     return Some(self.finish(Outcome::LoggedOut).await);
                 }
             }
@@ -432,9 +458,7 @@ impl<O: Output> Session<O> {
     fn leave_offline(&mut self) -> Outcome {
         match self.pending.pop_front() {
             Some(Outgoing::Logout) => {
-                if let Err(e) = self.tokens.forget() {
-                    self.out.notice(&format!("warning: {e}"));
-                }
+                self.forget_token();
                 Outcome::LoggedOut
             }
             _ => Outcome::Quit,
@@ -494,11 +518,15 @@ impl<O: Output> Session<O> {
             ServerMessage::Message(m) => self.on_message(m),
             ServerMessage::Joined { name } => self.out.chat(&display::presence_line(&name, true)),
             ServerMessage::Left { name } => self.out.chat(&display::presence_line(&name, false)),
-            ServerMessage::Who { users } => self.out.chat(&display::who_line(&users)),
+            ServerMessage::Who { users } => self.out.info(&display::who_line(&users)),
             ServerMessage::Error { code, message } => self.on_error(code, &message),
             ServerMessage::Shutdown { message } => {
+                let ended = Ended::Shutdown(message);
+                if self.policy.reconnect_after_shutdown {
+                    return self.on_lost_because(&ended.to_string());
+                }
                 self.conn = None;
-                return Some(Outcome::Ended(Ended::Shutdown(message)));
+                return Some(Outcome::Ended(ended));
             }
             ServerMessage::Kicked { message } => {
                 self.conn = None;
@@ -582,26 +610,50 @@ impl<O: Output> Session<O> {
     /// The connection dropped: say so and plan a reconnection. Says in flight go back
     /// to the front of the queue.
     fn on_lost(&mut self, why: &str) -> Option<Outcome> {
+        self.on_lost_because(&format!("Lost the connection to {} ({why})", self.server))
+    }
+
+    /// [`Session::on_lost`] with the whole reason as a sentence.
+    fn on_lost_because(&mut self, sentence: &str) -> Option<Outcome> {
         self.conn = None;
         self.ping_sent = None;
+        if self.connected_at.elapsed() >= STABLE_CONNECTION {
+            self.reconnect_attempts = 0;
+        }
+        let delay = self.backoff();
         self.out.notice(&format!(
-            "Lost the connection to {} ({why}); reconnecting...",
-            self.server
+            "{sentence}; reconnecting in {} s.",
+            delay.as_secs()
         ));
         let unconfirmed = self.in_flight.len();
         while let Some(say) = self.in_flight.pop_back() {
             self.pending.push_front(Outgoing::Say(say.text));
         }
         self.maybe_delivered = unconfirmed;
-        self.reconnect_attempts = 0;
-        self.reconnect_at = Instant::now() + RECONNECT_FIRST_DELAY;
+        self.reconnect_at = Instant::now() + delay;
         None
+    }
+
+    /// The pause before the next attempt: [`RECONNECT_FIRST_DELAY`] doubled for every
+    /// attempt in a row so far, at most [`RECONNECT_MAX_DELAY`].
+    fn backoff(&self) -> Duration {
+        RECONNECT_FIRST_DELAY
+            .saturating_mul(1 << self.reconnect_attempts.min(8))
+            .min(RECONNECT_MAX_DELAY)
+    }
+
+    /// Forgets our token (after `/logout`); a file that cannot be written is a warning.
+    fn forget_token(&mut self) {
+        if let Err(e) = self.tokens.forget(&self.name) {
+            self.out.notice(&format!("warning: {e}"));
+        }
     }
 
     /// One reconnection attempt: connect, wait for the greeting, resume with the
     /// token. On failure, schedules the next attempt with a doubled delay, or gives up.
     async fn reconnect(&mut self) -> Option<Outcome> {
-        let Some(token) = self.tokens.token().map(str::to_string) else {
+        self.reconnect_attempts += 1;
+        let Some(token) = self.tokens.token_for(&self.name).map(str::to_string) else {
             return Some(Outcome::Failed(
                 "the connection was lost and there is no session token to resume with; start echochat again to log in".into(),
             ));
@@ -609,17 +661,18 @@ impl<O: Output> Session<O> {
         let error = match self.try_resume(&token).await {
             Ok(conn) => {
                 self.conn = Some(conn);
-                self.reconnect_attempts = 0;
+                self.connected_at = Instant::now();
                 self.last_sent = Instant::now();
                 self.out.notice(&format!("Reconnected to {}.", self.server));
                 return None;
             }
+            Err(ResumeError::Ended(Ended::Shutdown(_))) if self.policy.reconnect_after_shutdown => {
+                "the server is shutting down".to_string()
+            }
             Err(ResumeError::Ended(ended)) => return Some(Outcome::Ended(ended)),
             Err(ResumeError::Refused(code)) if code != AuthErrorCode::RateLimited => {
                 if code == AuthErrorCode::InvalidToken {
-                    if let Err(e) = self.tokens.forget() {
-                        self.out.notice(&format!("warning: {e}"));
-                    }
+                    self.forget_token();
                 }
                 return Some(Outcome::Failed(format!(
                     "could not resume the session: {} Start echochat again to log in.",
@@ -627,9 +680,13 @@ impl<O: Output> Session<O> {
                 )));
             }
             Err(ResumeError::Refused(code)) => auth_error_sentence(code, &self.name),
+            Err(ResumeError::Connection(e))
+                if e.is_protocol_violation() && self.policy.fail_on_bad_frame =>
+            {
+                return Some(Outcome::Failed(e.to_string()));
+            }
             Err(ResumeError::Connection(e)) => e.to_string(),
         };
-        self.reconnect_attempts += 1;
         if self
             .policy
             .max_reconnects
@@ -640,12 +697,10 @@ impl<O: Output> Session<O> {
                 self.server
             )));
         }
-        let delay = RECONNECT_FIRST_DELAY
-            .saturating_mul(1 << self.reconnect_attempts.min(8))
-            .min(RECONNECT_MAX_DELAY);
+        let delay = self.backoff();
         self.out.notice(&format!(
             "Reconnection failed ({error}); next try in {} s.",
-            delay.as_secs().max(1)
+            delay.as_secs()
         ));
         self.reconnect_at = Instant::now() + delay;
         None
@@ -659,7 +714,7 @@ impl<O: Output> Session<O> {
         };
         match conn.authenticate(&request).await? {
             AuthReply::Accepted { name, token, .. } => {
-                if let Err(e) = self.tokens.save(&token) {
+                if let Err(e) = self.tokens.save(&name, &token, None, false) {
                     self.out.notice(&format!("warning: {e}"));
                 }
                 self.name = name;
@@ -741,6 +796,8 @@ mod tests {
             ack_timeout: Duration::from_secs(10),
             fail_on_ack_timeout: true,
             ping_interval,
+            reconnect_after_shutdown: false,
+            fail_on_bad_frame: true,
         }
     }
 
