@@ -327,3 +327,21 @@ fn history_keys_bring_back_earlier_lines() {
     tty.send("/quit\r");
     assert_eq!(tty.wait_exit(), 0);
 }
+
+#[test]
+fn keys_typed_while_the_token_logs_in_are_not_sent() {
+    // A person who types name and password from habit while the saved token logs
+    // them in must not broadcast the password.
+    let server = TestServer::start();
+    let t = tokens();
+    let name = unique_name("habit");
+    register_by_script(&server, &t, &name);
+    let mut tty = Tty::spawn(&client_args(server.port(), &t.path, &[]), &[]);
+    tty.send(&format!("{name}\rpassword1\r"));
+    tty.expect(&format!("{name}> "));
+    tty.send("typed at the prompt\r");
+    tty.wait_screen("the echo", |s| s.contains("typed at the prompt"));
+    tty.send("/quit\r");
+    assert_eq!(tty.wait_exit(), 0);
+    assert_eq!(history_texts(&server), ["typed at the prompt"]);
+}

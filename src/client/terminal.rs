@@ -218,7 +218,10 @@ impl Credentials for Prompts {
 /// the terminal task.
 async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenStore) -> Exit {
     ui.print("Type a message and press Enter; /help lists the commands.");
-    let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)));
+    // Keys typed while a saved token logged us in, with no question asked, may be
+    // a name and password typed blindly: they are dropped, not sent.
+    let asked = logged_in.how != How::Resumed;
+    let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)), asked);
     spawn_signal_watch(ui.clone());
     let policy = Policy {
         window: Some(1),

@@ -55,6 +55,7 @@ enum Request {
     Chat {
         prompt: String,
         lines: mpsc::Sender<String>,
+        keep_typeahead: bool,
     },
     EndChat,
     Close(oneshot::Sender<()>),
@@ -106,11 +107,15 @@ impl Ui {
 
     /// Starts the chat's line editor with `prompt`; finished lines come out of the
     /// receiver, which closes on Ctrl-D on an empty line, Ctrl-C, or [`Ui::end_chat`].
-    pub fn chat(&self, prompt: impl Into<String>) -> mpsc::Receiver<String> {
+    /// Keys typed before it started are kept only with `keep_typeahead`: after a login
+    /// that asked nothing, they may be a name and password typed blindly, and must
+    /// not become chat.
+    pub fn chat(&self, prompt: impl Into<String>, keep_typeahead: bool) -> mpsc::Receiver<String> {
         let (lines, receiver) = mpsc::channel(LINE_BUFFER);
         let _ = self.requests.send(Request::Chat {
             prompt: prompt.into(),
             lines,
+            keep_typeahead,
         });
         receiver
     }
@@ -216,7 +221,15 @@ impl Screen {
                 self.draw();
                 self.take_keys().await;
             }
-            Request::Chat { prompt, lines } => {
+            Request::Chat {
+                prompt,
+                lines,
+                keep_typeahead,
+            } => {
+                if !keep_typeahead && !self.typeahead.is_empty() {
+                    self.typeahead.clear();
+                    self.write("\r\x1b[KWhat was typed before the chat started was not sent.\r\n");
+                }
                 self.editor.clear();
                 self.mode = Mode::Chatting { prompt, lines };
                 self.draw();
