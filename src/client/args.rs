@@ -11,22 +11,24 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use super::commands::command_lines;
+
 /// Host asked for by default: a server on this machine.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// The server's default port.
 pub use crate::config::DEFAULT_PORT;
 
-/// What `--help` adds after the flags: the chat commands and scripted mode.
-const AFTER_HELP: &str = "\
+/// What `--help` adds after the flags: the chat commands (from the same table as
+/// `/help`) and scripted mode.
+fn after_help() -> String {
+    format!(
+        "\
 On a terminal, echochat asks for what is missing, logs in (with the saved session
 token when it has one) and then chats. Type a line and press Enter to send it.
 Commands:
-  /who           list who is online
-  /help          show the commands
-  /quit, /exit   leave (Ctrl-D on an empty line too); the token is kept
-  /logout        leave and forget this session's token
-  //text         send a line that starts with '/'
+{}
+A line starting with '//' is sent as a message starting with '/'.
 
 Scripted mode: when stdin is not a terminal (a pipe or a file), nothing is asked.
 Without a saved token for the server, the first line is the name (skipped with
@@ -35,7 +37,10 @@ is a message or a command. Messages, joins and leaves go to stdout, everything e
 to stderr. At the end of input echochat waits until the server has echoed every
 message, then exits 0; a failure exits non-zero with one line on stderr.
 
-Tokens are kept per server and account name in the token file, owner-only.";
+Tokens are kept per server and account name in the token file, owner-only.",
+        command_lines().join("\n")
+    )
+}
 
 /// `echochat [--host H] [--port P] [--name NAME] [--token-file PATH]`
 #[derive(Debug, Clone, Parser)]
@@ -43,7 +48,7 @@ Tokens are kept per server and account name in the token file, owner-only.";
     name = "echochat",
     version,
     about = "Terminal client for an echochat server",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct Args {
     /// Server host name or IP address [default: ask on a terminal, else 127.0.0.1]

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -117,10 +118,16 @@ pub enum AuthReply {
     },
 }
 
+/// The byte stream under the frames: a TCP socket today; a TLS session wrapping one
+/// fits the same place.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Transport for T {}
+
 /// A framed connection to the server.
 #[derive(Debug)]
 pub struct Connection {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<Box<dyn Transport>, FrameCodec>,
     addr: String,
 }
 
@@ -141,10 +148,15 @@ impl Connection {
         };
         // Chat lines are small and interactive: send them at once.
         let _ = stream.set_nodelay(true);
-        Ok(Connection {
-            framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
+        Ok(Connection::over(Box::new(stream), addr))
+    }
+
+    /// Frames over an established `transport` to the server at `addr`.
+    pub fn over(transport: Box<dyn Transport>, addr: String) -> Connection {
+        Connection {
+            framed: Framed::new(transport, FrameCodec::new(CLIENT_MAX_FRAME)),
             addr,
-        })
+        }
     }
 
     /// Sends one request.

@@ -35,16 +35,6 @@ pub fn who_line(users: &[String]) -> String {
     format!("* online ({}): {}", names.len(), names.join(", "))
 }
 
-/// What `/help` prints (and `--help` repeats).
-pub const HELP: &str = "\
-Type a line and press Enter to send it to everyone online.
-Commands:
-  /who           list who is online
-  /help          show this help
-  /quit, /exit   leave; the next start logs you in again without a password
-  /logout        leave and forget this session (the next start asks for the password)
-A line starting with '//' is sent as a message starting with '/'.";
-
 /// The rule for names, as a sentence.
 pub fn name_rule() -> String {
     format!("A name is 1 to {MAX_NAME_CHARS} letters, digits, '_', '-' or '.'.")

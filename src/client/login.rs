@@ -18,8 +18,8 @@ use std::time::Duration;
 use super::args::ServerAddr;
 use super::connection::{AuthReply, Connection, ConnectionError, Ended};
 use super::display::{auth_error_sentence, name_rule, password_rule, printable};
-use super::tokens::TokenStore;
-use super::Exit;
+use super::tokens::{Saved, TokenStore};
+use super::{Exit, Notify};
 use crate::auth::{is_valid_name, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
 use crate::protocol::{AuthErrorCode, ClientMessage, ServerMessage};
 
@@ -88,29 +88,17 @@ pub async fn log_in<C: Credentials>(
     creds: &mut C,
 ) -> Result<LoggedIn, Exit> {
     if let Some(saved) = tokens.saved(fixed) {
-        let request = ClientMessage::Resume {
-            token: saved.token.clone(),
-        };
-        match link.authenticate(&request).await? {
-            AuthReply::Accepted { name, token, .. } => {
-                warn_on_failure(link, tokens.save(&name, &token, None, saved.name.is_none()));
-                return Ok(link.logged_in(name, How::Resumed));
-            }
-            AuthReply::Refused { code, .. } => {
-                let forgotten = match (code, &saved.name) {
-                    (AuthErrorCode::InvalidToken, Some(name)) => Some(tokens.forget(name)),
-                    (AuthErrorCode::InvalidToken, None) => Some(tokens.forget_unnamed()),
-                    _ => None,
-                };
+        let reply = link.authenticate(&resume_request(&saved)).await?;
+        match settle_resume(reply, tokens, &saved) {
+            Ok(name) => return Ok(link.logged_in(name, How::Resumed)),
+            Err(code) => {
                 let who = saved.name.as_deref().or(fixed).unwrap_or("");
                 let sentence = auth_error_sentence(code, who);
-                match forgotten {
+                if code == AuthErrorCode::InvalidToken {
                     // An old token is no failure: the password is the way in now.
-                    Some(result) => {
-                        warn_on_failure(link, result);
-                        (link.notify)(&sentence);
-                    }
-                    None => creds.refused(&sentence)?,
+                    (link.notify)(&sentence);
+                } else {
+                    creds.refused(&sentence)?;
                 }
             }
         }
@@ -145,7 +133,7 @@ pub async fn log_in<C: Credentials>(
         };
         let code = match link.authenticate(&login).await? {
             AuthReply::Accepted { name, token, .. } => {
-                warn_on_failure(link, tokens.save(&name, &token, Some(&password), false));
+                tokens.save(&name, &token, Some(&password), false);
                 return Ok(link.logged_in(name, How::LoggedIn));
             }
             AuthReply::Refused {
@@ -170,7 +158,7 @@ pub async fn log_in<C: Credentials>(
                 };
                 match link.authenticate(&register).await? {
                     AuthReply::Accepted { name, token, .. } => {
-                        warn_on_failure(link, tokens.save(&name, &token, Some(&chosen), false));
+                        tokens.save(&name, &token, Some(&chosen), false);
                         return Ok(link.logged_in(name, How::Registered));
                     }
                     AuthReply::Refused { code, .. } => code,
@@ -186,15 +174,38 @@ pub async fn log_in<C: Credentials>(
     }
 }
 
-/// A token that could not be written costs a warning, not the login.
-fn warn_on_failure(link: &mut Link, result: Result<(), super::tokens::TokenFileError>) {
-    if let Err(e) = result {
-        (link.notify)(&format!("Warning: {e}"));
+/// The request that resumes a saved session.
+pub fn resume_request(saved: &Saved) -> ClientMessage {
+    ClientMessage::Resume {
+        token: saved.token.clone(),
     }
 }
 
-/// Where a notice goes (the terminal above its prompt, or stderr).
-pub type Notify = Box<dyn FnMut(&str) + Send>;
+/// Files the answer to a `resume` in the token file, the same at login and after a
+/// reconnection: the fresh token is saved under the account's name (a token of the
+/// earlier format is filed under it now), a refused one is forgotten. `Ok` with our
+/// name when the session resumed.
+pub fn settle_resume(
+    reply: AuthReply,
+    tokens: &mut TokenStore,
+    saved: &Saved,
+) -> Result<String, AuthErrorCode> {
+    match reply {
+        AuthReply::Accepted { name, token, .. } => {
+            tokens.save(&name, &token, None, saved.name.is_none());
+            Ok(name)
+        }
+        AuthReply::Refused { code, .. } => {
+            if code == AuthErrorCode::InvalidToken {
+                match &saved.name {
+                    Some(name) => tokens.forget(name),
+                    None => tokens.forget_unnamed(),
+                }
+            }
+            Err(code)
+        }
+    }
+}
 
 /// The connection while logging in, replaced when the server drops it.
 pub struct Link {

@@ -73,11 +73,11 @@ pub async fn run(args: Args) -> Exit {
             .unwrap_or_else(|| DEFAULT_HOST.to_string()),
         port: args.port.unwrap_or(DEFAULT_PORT),
     };
-    let token_path = args.token_file.clone().or_else(tokens::default_path);
-    let (mut tokens, warning) = TokenStore::open(token_path, server.token_key());
-    if let Some(warning) = warning {
-        notice(&format!("warning: {warning}"));
-    }
+    let mut tokens = TokenStore::for_server(
+        args.token_file.clone(),
+        server.token_key(),
+        Box::new(notice),
+    );
     let mut lines = ScriptLines {
         lines: spawn_stdin_reader(),
     };
@@ -104,8 +104,7 @@ pub async fn run(args: Args) -> Exit {
     }
 
     let policy = Policy {
-        window: Some(1),
-        retry_rate_limited: true,
+        window: 1,
         max_reconnects: Some(MAX_RECONNECTS),
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: true,

@@ -16,9 +16,9 @@ use super::display::printable;
 use super::login::{self, Credentials, How, Link, LoggedIn};
 use super::prompt;
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
-use super::tokens::{self, TokenStore};
+use super::tokens::TokenStore;
 use super::tty::{Answer, SavedTerminal, Ui};
-use super::Exit;
+use super::{Exit, Notify};
 
 /// A person reads the echo of their message; if it does not come, say so after this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,17 +56,9 @@ async fn run_inner(args: Args) -> Exit {
 
 /// Logs in, then chats.
 async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
-    let token_path = args.token_file.clone().or_else(tokens::default_path);
-    if token_path.is_none() {
-        ui.print("No data folder found: session tokens will not be remembered (see --token-file).");
-    }
-    let (mut tokens, warning) = TokenStore::open(token_path, server.token_key());
-    if let Some(warning) = warning {
-        ui.print(format!("Warning: {warning}"));
-    }
-    let printer = ui.clone();
-    let notify = Box::new(move |line: &str| printer.print(line));
-    let mut link = match Link::open(&server, notify).await {
+    let mut tokens =
+        TokenStore::for_server(args.token_file.clone(), server.token_key(), notify(ui));
+    let mut link = match Link::open(&server, notify(ui)).await {
         Ok(link) => link,
         Err(exit) => return exit,
     };
@@ -78,6 +70,12 @@ async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
         };
     greet(ui, &logged_in, args.name.is_some());
     chat(ui, logged_in, server, tokens).await
+}
+
+/// Notices for the login and the token file: printed above the prompt.
+fn notify(ui: &Ui) -> Notify {
+    let ui = ui.clone();
+    Box::new(move |line: &str| ui.print(line))
 }
 
 /// The first words after logging in.
@@ -224,8 +222,7 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
     let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)), asked);
     spawn_signal_watch(ui.clone());
     let policy = Policy {
-        window: Some(1),
-        retry_rate_limited: true,
+        window: 1,
         max_reconnects: None,
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: false,

@@ -24,7 +24,8 @@
 //! undo each other. Writes go to a temporary file in the same folder that is then
 //! renamed over the old one, so a crash never leaves half a file. A file that cannot
 //! be read or parsed is reported and treated as empty: losing a token only costs a
-//! password prompt.
+//! password prompt. Every such trouble, reading or writing, is reported the same way,
+//! as a warning through the store's [`Notify`], never as an error: the chat goes on.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Notify;
 use crate::auth::{hash_password, name_key, verify_password};
 
 /// The version written in the file's `version` field.
@@ -45,7 +47,7 @@ const PASSWORD_CHECK_ROUNDS: u32 = 20_000;
 
 /// Why the token file could not be written.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
+enum TokenFileError {
     #[error("cannot write the token file {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot encode the token file: {0}")]
@@ -113,11 +115,21 @@ pub struct Saved {
 ///
 /// With no file (no data folder could be found) tokens live in memory only, which
 /// still lets a session resume after the connection drops.
-#[derive(Debug)]
 pub struct TokenStore {
     path: Option<PathBuf>,
     server: String,
     entry: ServerEntry,
+    /// Where trouble with the file is reported.
+    report: Notify,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The default token file: `DATA_DIR/echochat/tokens.json` (on Linux
@@ -127,22 +139,46 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 impl TokenStore {
-    /// Opens the store for `server` (a [`super::args::ServerAddr::token_key`]). Problems
-    /// reading the file are returned as a warning to show, never as an error.
-    pub fn open(path: Option<PathBuf>, server: String) -> (TokenStore, Option<String>) {
+    /// The store for `server` (a [`super::args::ServerAddr::token_key`]) in the file
+    /// given with `--token-file`, or else the default one. Trouble goes to `report`.
+    pub fn for_server(flag: Option<PathBuf>, server: String, mut report: Notify) -> TokenStore {
+        let path = flag.or_else(default_path);
+        if path.is_none() {
+            report(
+                "no data folder found: session tokens will not be remembered (see --token-file).",
+            );
+        }
+        TokenStore::open(path, server, report)
+    }
+
+    /// The store for `server` in `path` (in memory only when `None`). Trouble reading
+    /// the file is reported at once.
+    pub fn open(path: Option<PathBuf>, server: String, report: Notify) -> TokenStore {
         let (file, warning) = match &path {
             Some(path) => read_file(path),
             None => (TokenFile::default(), None),
         };
         let entry = file.servers.get(&server).cloned().unwrap_or_default();
-        (
-            TokenStore {
-                path,
-                server,
-                entry,
-            },
-            warning,
-        )
+        let mut store = TokenStore {
+            path,
+            server,
+            entry,
+            report,
+        };
+        if let Some(warning) = warning {
+            store.trouble(&warning);
+        }
+        store
+    }
+
+    /// A store with no file, whose trouble goes nowhere (for tests).
+    pub fn in_memory(server: &str) -> TokenStore {
+        TokenStore::open(None, server.to_string(), Box::new(|_| {}))
+    }
+
+    /// Reports trouble with the file: the one place its warning is worded.
+    fn trouble(&mut self, problem: &str) {
+        (self.report)(&format!("warning: {problem}"));
     }
 
     /// The session to resume: `name`'s when a name is given, and only then; otherwise
@@ -187,13 +223,7 @@ impl TokenStore {
     /// otherwise the check is kept. A token of the earlier format that was just
     /// resumed is dropped with `spent_unnamed`. The in-memory copy is updated even if
     /// the file cannot be written, so a reconnect can still resume.
-    pub fn save(
-        &mut self,
-        name: &str,
-        token: &str,
-        password: Option<&str>,
-        spent_unnamed: bool,
-    ) -> Result<(), TokenFileError> {
+    pub fn save(&mut self, name: &str, token: &str, password: Option<&str>, spent_unnamed: bool) {
         let check = password.and_then(|p| hash_password(p, PASSWORD_CHECK_ROUNDS).ok());
         let change = |entry: &mut ServerEntry| {
             let previous = entry.key_of(name).and_then(|k| entry.accounts.remove(&k));
@@ -218,7 +248,7 @@ impl TokenStore {
     }
 
     /// Forgets `name`'s token (after `/logout`, or when the server refused it).
-    pub fn forget(&mut self, name: &str) -> Result<(), TokenFileError> {
+    pub fn forget(&mut self, name: &str) {
         let change = |entry: &mut ServerEntry| {
             if let Some(key) = entry.key_of(name) {
                 entry.accounts.remove(&key);
@@ -236,15 +266,21 @@ impl TokenStore {
     }
 
     /// Forgets the token of the earlier format (the server refused it).
-    pub fn forget_unnamed(&mut self) -> Result<(), TokenFileError> {
+    pub fn forget_unnamed(&mut self) {
         let change = |entry: &mut ServerEntry| entry.unnamed = None;
         change(&mut self.entry);
         self.update(change)
     }
 
     /// Re-reads the file, applies `change` to this server's entry and writes the file
-    /// back atomically.
-    fn update(&self, change: impl FnOnce(&mut ServerEntry)) -> Result<(), TokenFileError> {
+    /// back atomically; trouble is reported.
+    fn update(&mut self, change: impl FnOnce(&mut ServerEntry)) {
+        if let Err(e) = self.write_change(change) {
+            self.trouble(&e.to_string());
+        }
+    }
+
+    fn write_change(&self, change: impl FnOnce(&mut ServerEntry)) -> Result<(), TokenFileError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -378,8 +414,21 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
 mod tests {
     use super::*;
 
+    use std::sync::{Arc, Mutex};
+
+    /// A store on `path` and the warnings it reported.
+    fn watched(path: &Path, server: &str) -> (TokenStore, Arc<Mutex<Vec<String>>>) {
+        let warnings = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&warnings);
+        let report: Notify = Box::new(move |w: &str| sink.lock().unwrap().push(w.to_string()));
+        let store = TokenStore::open(Some(path.to_path_buf()), server.to_string(), report);
+        (store, warnings)
+    }
+
     fn store(path: &Path, server: &str) -> (TokenStore, Option<String>) {
-        TokenStore::open(Some(path.to_path_buf()), server.to_string())
+        let (store, warnings) = watched(path, server);
+        let first = warnings.lock().unwrap().first().cloned();
+        (store, first)
     }
 
     fn token_of(path: &Path, server: &str, name: Option<&str>) -> Option<String> {
@@ -393,7 +442,7 @@ mod tests {
         let (mut s, warning) = store(&path, "127.0.0.1:9090");
         assert_eq!(warning, None);
         assert_eq!(s.saved(None), None);
-        s.save("alice", "tok1", None, false).unwrap();
+        s.save("alice", "tok1", None, false);
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let folder_mode = fs::metadata(path.parent().unwrap())
@@ -416,17 +465,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.json");
         let (mut s, _) = store(&path, "a:1");
-        s.save("alice", "ta", None, false).unwrap();
+        s.save("alice", "ta", None, false);
         assert_eq!(token_of(&path, "a:1", Some("bob")), None);
         assert_eq!(token_of(&path, "a:1", Some("ALICE")).as_deref(), Some("ta"));
-        s.save("bob", "tb", None, false).unwrap();
+        s.save("bob", "tb", None, false);
         assert_eq!(
             token_of(&path, "a:1", None).as_deref(),
             Some("tb"),
             "last wins"
         );
         assert_eq!(token_of(&path, "a:1", Some("alice")).as_deref(), Some("ta"));
-        s.forget("Bob").unwrap();
+        s.forget("Bob");
         assert_eq!(token_of(&path, "a:1", Some("bob")), None);
         assert_eq!(token_of(&path, "a:1", None), None, "no last after a forget");
         assert_eq!(token_of(&path, "a:1", Some("alice")).as_deref(), Some("ta"));
@@ -438,12 +487,12 @@ mod tests {
         let path = dir.path().join("tokens.json");
         let (mut a, _) = store(&path, "a:1");
         let (mut b, _) = store(&path, "b:2");
-        a.save("x", "ta", None, false).unwrap();
-        b.save("x", "tb", None, false).unwrap();
-        a.save("x", "ta2", None, false).unwrap();
+        a.save("x", "ta", None, false);
+        b.save("x", "tb", None, false);
+        a.save("x", "ta2", None, false);
         assert_eq!(token_of(&path, "a:1", None).as_deref(), Some("ta2"));
         assert_eq!(token_of(&path, "b:2", None).as_deref(), Some("tb"));
-        a.forget("x").unwrap();
+        a.forget("x");
         assert_eq!(a.token_for("x"), None);
         assert_eq!(token_of(&path, "a:1", None), None);
         assert_eq!(token_of(&path, "b:2", None).as_deref(), Some("tb"));
@@ -459,8 +508,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.json");
         let (mut s, _) = store(&path, "a:1");
-        s.save("alice", "t1", Some("correct horse"), false).unwrap();
-        s.save("alice", "t2", None, false).unwrap();
+        s.save("alice", "t1", Some("correct horse"), false);
+        s.save("alice", "t2", None, false);
         let (s, _) = store(&path, "a:1");
         let check = s.password_check("alice").expect("a check");
         assert!(!check.contains("correct horse"));
@@ -484,7 +533,7 @@ mod tests {
                 token: "old".into()
             })
         );
-        s.save("alice", "new", None, true).unwrap();
+        s.save("alice", "new", None, true);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 2"), "{text}");
         assert_eq!(
@@ -517,7 +566,7 @@ mod tests {
             let (mut s, warning) = store(&path, "a:1");
             assert_eq!(s.saved(None), None);
             assert!(warning.unwrap().contains("corrupt"), "{junk}");
-            s.save("x", "fresh", None, false).unwrap();
+            s.save("x", "fresh", None, false);
             assert_eq!(token_of(&path, "a:1", None).as_deref(), Some("fresh"));
         }
     }
@@ -529,7 +578,7 @@ mod tests {
         fs::write(&path, "{}").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let (mut s, _) = store(&path, "a:1");
-        s.save("x", "t", None, false).unwrap();
+        s.save("x", "t", None, false);
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
@@ -537,22 +586,27 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_place_is_an_error_but_the_token_is_kept_in_memory() {
+    fn an_unwritable_place_is_a_warning_and_the_token_is_kept_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         fs::write(&blocker, "x").unwrap();
-        let (mut s, _) = store(&blocker.join("tokens.json"), "a:1");
-        assert!(s.save("x", "t", None, false).is_err());
+        let (mut s, warnings) = watched(&blocker.join("tokens.json"), "a:1");
+        s.save("x", "t", None, false);
+        let warnings = warnings.lock().unwrap().clone();
+        let last = warnings.last().expect("a warning");
+        assert!(
+            last.starts_with("warning: cannot write the token file"),
+            "{warnings:?}"
+        );
         assert_eq!(s.token_for("x"), Some("t"));
     }
 
     #[test]
     fn without_a_file_tokens_live_in_memory() {
-        let (mut s, warning) = TokenStore::open(None, "a:1".into());
-        assert_eq!(warning, None);
-        s.save("x", "t", None, false).unwrap();
+        let mut s = TokenStore::in_memory("a:1");
+        s.save("x", "t", None, false);
         assert_eq!(s.token_for("x"), Some("t"));
-        s.forget("x").unwrap();
+        s.forget("x");
         assert_eq!(s.token_for("x"), None);
     }
 }
