@@ -90,7 +90,7 @@ pub async fn log_in<C: Credentials>(
     if let Some(saved) = tokens.saved(fixed) {
         let reply = link.authenticate(&resume_request(&saved)).await?;
         match settle_resume(reply, tokens, &saved) {
-            Ok(name) => return Ok(link.logged_in(name, How::Resumed)),
+            Ok(name) => return link.logged_in(name, How::Resumed),
             Err(code) => {
                 let who = saved.name.as_deref().or(fixed).unwrap_or("");
                 let sentence = auth_error_sentence(code, who);
@@ -134,7 +134,7 @@ pub async fn log_in<C: Credentials>(
         let code = match link.authenticate(&login).await? {
             AuthReply::Accepted { name, token, .. } => {
                 tokens.save(&name, &token, Some(&password), false);
-                return Ok(link.logged_in(name, How::LoggedIn));
+                return link.logged_in(name, How::LoggedIn);
             }
             AuthReply::Refused {
                 code: AuthErrorCode::UnknownUser,
@@ -159,7 +159,7 @@ pub async fn log_in<C: Credentials>(
                 match link.authenticate(&register).await? {
                     AuthReply::Accepted { name, token, .. } => {
                         tokens.save(&name, &token, Some(&chosen), false);
-                        return Ok(link.logged_in(name, How::Registered));
+                        return link.logged_in(name, How::Registered);
                     }
                     AuthReply::Refused { code, .. } => code,
                 }
@@ -231,12 +231,13 @@ impl Link {
         })
     }
 
-    fn logged_in(&mut self, name: String, how: How) -> LoggedIn {
-        LoggedIn {
-            // `authenticate` only answers with the connection in place.
-            conn: self.conn.take().expect("a connection after auth_ok"),
-            name,
-            how,
+    /// The connection that just got `auth_ok`, handed over with our name.
+    fn logged_in(&mut self, name: String, how: How) -> Result<LoggedIn, Exit> {
+        match self.conn.take() {
+            Some(conn) => Ok(LoggedIn { conn, name, how }),
+            None => Err(Exit::failure(
+                "the connection was lost right after logging in",
+            )),
         }
     }
 

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::display::printable;
 use super::Notify;
 use crate::auth::{hash_password, name_key, verify_password};
 
@@ -178,7 +179,7 @@ impl TokenStore {
 
     /// Reports trouble with the file: the one place its warning is worded.
     fn trouble(&mut self, problem: &str) {
-        (self.report)(&format!("warning: {problem}"));
+        (self.report)(&format!("warning: {}", printable(problem)));
     }
 
     /// The session to resume: `name`'s when a name is given, and only then; otherwise
