@@ -229,6 +229,20 @@ fn server_key(server: &TestServer) -> String {
     format!("127.0.0.1:{}", server.port())
 }
 
+/// The token the file holds for `name` on 127.0.0.1:`port`.
+fn saved_token_on(path: &Path, port: u16, name: &str) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    token_file_json(path)["servers"][format!("127.0.0.1:{port}")]["accounts"][name]["token"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn saved_token(path: &Path, server: &TestServer, name: &str) -> Option<String> {
+    saved_token_on(path, server.port(), name)
+}
+
 struct Temp {
     _dir: tempfile::TempDir,
     tokens: PathBuf,
@@ -271,8 +285,7 @@ fn scripted_registers_says_and_quits_after_the_echo() {
 
     let mode = std::fs::metadata(&t.tokens).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "token file must be owner-only");
-    let saved = token_file_json(&t.tokens);
-    assert!(saved[server_key(&server)].is_string(), "{saved}");
+    assert!(saved_token(&t.tokens, &server, &name).is_some());
 }
 
 #[test]
@@ -287,7 +300,7 @@ fn scripted_second_run_resumes_with_the_token_and_gets_history() {
         &format!("{name}\npassword1\nfirst\n"),
     )
     .assert_success();
-    let first_token = token_file_json(&t.tokens)[server_key(&server)].clone();
+    let first_token = saved_token(&t.tokens, &server, &name).expect("a token");
 
     // No name or password lines: the saved token logs in.
     let run = run_script(server.port(), &t.tokens, &[], "second\n");
@@ -297,8 +310,7 @@ fn scripted_second_run_resumes_with_the_token_and_gets_history() {
         pairs(&[(&name, "first"), (&name, "second")]),
         "{run:#?}"
     );
-    let second_token = token_file_json(&t.tokens)[server_key(&server)].clone();
-    assert!(second_token.is_string());
+    let second_token = saved_token(&t.tokens, &server, &name).expect("a token");
     assert_ne!(
         first_token, second_token,
         "a resumed token is spent and replaced"
@@ -331,7 +343,7 @@ fn scripted_logs_in_an_existing_account_and_refuses_a_wrong_password() {
     );
     run.assert_failure();
     assert!(run.stderr.contains("Wrong password"), "{run:#?}");
-    assert!(!t.tokens.exists() || token_file_json(&t.tokens)[server_key(&server)].is_null());
+    assert_eq!(saved_token(&t.tokens, &server, &name), None);
 
     let run = run_script(
         server.port(),
@@ -437,7 +449,7 @@ fn scripted_stale_token_without_credentials_fails_and_forgets_the_token() {
     run.assert_failure();
     assert!(run.messages().is_empty());
     assert!(
-        token_file_json(&t.tokens)[server_key(&server)].is_null(),
+        saved_token(&t.tokens, &server, &name).is_none(),
         "a refused token is removed"
     );
 }
@@ -469,17 +481,19 @@ fn scripted_commands() {
         ),
     );
     run.assert_success();
+    // Answers to commands are not chat: they go to stderr.
     assert!(
-        run.stdout.contains(&format!("* online (1): {name}")),
+        run.stderr.contains(&format!("* online (1): {name}")),
         "{run:#?}"
     );
+    assert!(!run.stdout.iter().any(|l| l.contains("online")), "{run:#?}");
     assert!(
         run.stderr.contains("Unknown command '/nonsense'"),
         "{run:#?}"
     );
     assert_eq!(run.messages(), pairs(&[(&name, "/starts with a slash")]));
     assert!(
-        token_file_json(&t.tokens)[server_key(&server)].is_null(),
+        saved_token(&t.tokens, &server, &name).is_none(),
         "/logout forgets the token"
     );
     // ...and the server revoked it: the next run needs credentials.
@@ -533,7 +547,11 @@ fn scripted_kick_ends_the_session() {
     server.admin(&format!("kick {name}"));
     let run = client.wait();
     assert!(run.status.success(), "{run:#?}");
-    assert!(run.stderr.contains("removed from the chat"), "{run:#?}");
+    assert!(
+        run.stderr.contains("removed by the server's admin"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("removed from"), "said twice: {run:#?}");
 }
 
 #[test]
@@ -554,11 +572,9 @@ fn scripted_server_shutdown_ends_the_session() {
 /// Waits until the token the client saved for 127.0.0.1:`port` is in the server's
 /// `users.json` (the server may write tokens in batches, and a crash before that
 /// would rightly make the client fall back to its password).
-fn wait_for_token_on_disk(token_file: &Path, state_dir: &Path, port: &str) {
-    let token = token_file_json(token_file)[format!("127.0.0.1:{port}")]
-        .as_str()
-        .expect("a saved token")
-        .to_string();
+fn wait_for_token_on_disk(token_file: &Path, state_dir: &Path, port: &str, name: &str) {
+    let port: u16 = port.parse().expect("a port");
+    let token = saved_token_on(token_file, port, name).expect("a saved token");
     let digest = echochat::auth::token_digest(&token);
     let users = state_dir.join("users.json");
     let deadline = Instant::now() + RUN_TIMEOUT;
@@ -585,7 +601,7 @@ fn scripted_reconnects_and_resumes_after_a_server_crash() {
     client.expect_stdout("own echo", |l| l.ends_with(&format!("{name}: before")));
 
     // Tokens may be written in batches: crash only once ours is on disk.
-    wait_for_token_on_disk(&t.tokens, state.path(), &port);
+    wait_for_token_on_disk(&t.tokens, state.path(), &port, &name);
     server.kill_hard();
     drop(server);
 
@@ -621,7 +637,7 @@ fn scripted_corrupt_token_file_is_a_warning_and_gets_rewritten() {
     );
     run.assert_success();
     assert!(run.stderr.contains("corrupt"), "{run:#?}");
-    assert!(token_file_json(&t.tokens)[server_key(&server)].is_string());
+    assert!(saved_token(&t.tokens, &server, &name).is_some());
 }
 
 #[test]
@@ -632,8 +648,11 @@ fn scripted_host_and_port_from_the_environment() {
     let mut cmd = Command::new(client_bin());
     without_echochat_env(&mut cmd);
     let mut child = cmd
-        .env("ECHOCHAT_HOST", "127.0.0.1")
-        .env("ECHOCHAT_PORT", server.port().to_string())
+        .env("ECHOCHAT_CLIENT_HOST", "127.0.0.1")
+        .env("ECHOCHAT_CLIENT_PORT", server.port().to_string())
+        // The server's variables are the server's: they must not steer the client.
+        .env("ECHOCHAT_HOST", "192.0.2.1")
+        .env("ECHOCHAT_PORT", "1")
         .env("ECHOCHAT_TOKEN_FILE", &t.tokens)
         .env("ECHOCHAT_NAME", &name)
         .stdin(Stdio::piped())
@@ -651,7 +670,178 @@ fn scripted_host_and_port_from_the_environment() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{name}: via env")), "{out:?}");
-    assert!(token_file_json(&t.tokens)[server_key(&server)].is_string());
+    assert!(saved_token(&t.tokens, &server, &name).is_some());
+}
+
+/// The texts of every message in the server's history, as a new observer sees them.
+fn history_texts(server: &TestServer) -> Vec<String> {
+    let mut observer = server.connect_greeted();
+    observer
+        .register_full(&unique_name("obs"), "password1")
+        .messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn scripted_name_flag_never_uses_another_accounts_token() {
+    let server = TestServer::start();
+    let t = temp();
+    let alice = unique_name("alice");
+    let bob = unique_name("bob");
+    run_script(
+        server.port(),
+        &t.tokens,
+        &[],
+        &format!("{alice}\npassword1\nhello\n"),
+    )
+    .assert_success();
+    // The README's own example: bob's password line must not become alice's chat.
+    let run = run_script(
+        server.port(),
+        &t.tokens,
+        &["--name", &bob],
+        "battery staple\nhi alice\n",
+    );
+    run.assert_success();
+    assert_eq!(
+        run.messages().last(),
+        Some(&(bob.clone(), "hi alice".to_string())),
+        "{run:#?}"
+    );
+    assert_eq!(history_texts(&server), ["hello", "hi alice"]);
+    assert!(saved_token(&t.tokens, &server, &alice).is_some());
+    assert!(saved_token(&t.tokens, &server, &bob).is_some());
+}
+
+#[test]
+fn scripted_password_line_is_never_sent_when_a_token_is_valid() {
+    let server = TestServer::start();
+    let t = temp();
+    let dave = unique_name("dave");
+    let erin = unique_name("erin");
+    // Without --name: a script that always gives its name and password; the second
+    // run logs in with the token and must not send either line.
+    for text in ["one", "two"] {
+        run_script(
+            server.port(),
+            &t.tokens,
+            &[],
+            &format!("{erin}\nerin's secret\n{text}\n"),
+        )
+        .assert_success();
+    }
+    // With --name: the first line is the password; a second run has a token, and the
+    // same script must still not send it.
+    for text in ["three", "four"] {
+        run_script(
+            server.port(),
+            &t.tokens,
+            &["--name", &dave],
+            &format!("dave's secret\n{text}\n"),
+        )
+        .assert_success();
+    }
+    assert_eq!(history_texts(&server), ["one", "two", "three", "four"]);
+    // A script that only chats still has every line sent, with or without --name.
+    run_script(server.port(), &t.tokens, &["--name", &dave], "five\n").assert_success();
+    run_script(server.port(), &t.tokens, &[], "six\n").assert_success();
+    assert_eq!(
+        history_texts(&server),
+        ["one", "two", "three", "four", "five", "six"]
+    );
+}
+
+#[test]
+fn scripted_input_naming_another_account_than_the_token_sends_nothing() {
+    let server = TestServer::start();
+    let t = temp();
+    let gus = unique_name("gus");
+    let hana = unique_name("hana");
+    for name in [&gus, &hana] {
+        run_script(
+            server.port(),
+            &t.tokens,
+            &["--name", name],
+            &format!("password-of-{name}\n"),
+        )
+        .assert_success();
+    }
+    // The last login was hana's; the script says it is gus.
+    let run = run_script(
+        server.port(),
+        &t.tokens,
+        &[],
+        &format!("{gus}\npassword-of-{gus}\nhello\n"),
+    );
+    run.assert_failure();
+    assert!(run.stderr.contains("--name"), "{run:#?}");
+    assert!(history_texts(&server).is_empty());
+}
+
+#[test]
+fn scripted_token_file_of_the_old_format_is_used_and_converted() {
+    let server = TestServer::start();
+    let t = temp();
+    let name = unique_name("old");
+    let (_raw, token) = common::registered(&server, &name, "password1");
+    std::fs::create_dir_all(t.tokens.parent().unwrap()).unwrap();
+    std::fs::write(
+        &t.tokens,
+        serde_json::json!({ server_key(&server): token }).to_string(),
+    )
+    .unwrap();
+    // With --name, a token whose name is unknown is not used.
+    let other = unique_name("new");
+    let run = run_script(
+        server.port(),
+        &t.tokens,
+        &["--name", &other],
+        "password2\nfrom the new one\n",
+    );
+    run.assert_success();
+    assert_eq!(run.messages().last().unwrap().0, other, "{run:#?}");
+    // Without it, the old token logs in, and is then kept under its name.
+    std::fs::write(
+        &t.tokens,
+        serde_json::json!({ server_key(&server): token }).to_string(),
+    )
+    .unwrap();
+    let run = run_script(server.port(), &t.tokens, &[], "from the old one\n");
+    run.assert_success();
+    assert!(!run.stderr.contains("corrupt"), "{run:#?}");
+    assert_eq!(
+        run.messages().last(),
+        Some(&(name.clone(), "from the old one".to_string())),
+        "{run:#?}"
+    );
+    assert!(saved_token(&t.tokens, &server, &name).is_some());
+}
+
+#[test]
+fn help_flag_explains_commands_and_scripted_mode() {
+    let out = Command::new(client_bin())
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run echochat --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "/who",
+        "/quit",
+        "/exit",
+        "/logout",
+        "/help",
+        "not a terminal",
+        "ECHOCHAT_CLIENT_HOST",
+    ] {
+        assert!(
+            help.contains(needle),
+            "{needle} missing from --help:\n{help}"
+        );
+    }
 }
 
 /// Terminal mode, through a pseudo-terminal.
@@ -702,8 +892,7 @@ mod terminal {
     }
 
     /// Types a line into the chat's line editor a key at a time, each once the editor
-    /// has shown the previous one, as a person types. (rustyline 17 with an external
-    /// printer leaves bytes that arrive together in its buffer until the next key.)
+    /// has shown the previous one, as a person types.
     fn type_line(p: &mut PtySession, seen: &mut String, line: &str) {
         for c in line.chars() {
             p.send(&c.to_string()).unwrap();
@@ -771,7 +960,7 @@ mod terminal {
             !seen.contains("something else"),
             "password was echoed: {seen:?}"
         );
-        assert!(token_file_json(&t.tokens)[server_key(&server)].is_string());
+        assert!(saved_token(&t.tokens, &server, &name).is_some());
     }
 
     #[test]
@@ -804,8 +993,8 @@ mod terminal {
         wait_exit(&mut p, &mut seen);
         assert!(!seen.contains("Password"), "{seen:?}");
 
-        // Without a token, the server knows this address: greeted by name, asked only
-        // for the password; a wrong one gets a sentence and another try.
+        // Without a token, the server knows this address: its name is offered at the
+        // name prompt; a wrong password gets a sentence and another try.
         let other_tokens = temp();
         let other_file = other_tokens.tokens.to_string_lossy().into_owned();
         let mut p = spawn_tty(&[
@@ -817,7 +1006,8 @@ mod terminal {
             &other_file,
         ]);
         let mut seen = String::new();
-        expect(&mut p, &mut seen, &format!("Welcome back, {name}."));
+        expect(&mut p, &mut seen, &format!("Name [{name}]: "));
+        p.send_line("").unwrap();
         expect(&mut p, &mut seen, "Password: ");
         p.send_line("wrong-one").unwrap();
         expect(&mut p, &mut seen, "Wrong password");
@@ -853,7 +1043,7 @@ mod terminal {
         expect(&mut p, &mut seen, &format!("Welcome back, {name}."));
         expect(&mut p, &mut seen, &format!("{name}> "));
 
-        wait_for_token_on_disk(&t.tokens, state.path(), &port);
+        wait_for_token_on_disk(&t.tokens, state.path(), &port, &name);
         server.kill_hard();
         expect(&mut p, &mut seen, "Lost the connection");
         let restarted = TestServer::start_in(state.path(), &["--port", &port]);
@@ -911,7 +1101,7 @@ mod terminal {
     }
 
     #[test]
-    fn a_server_shutdown_ends_the_chat_and_restores_the_terminal() {
+    fn a_server_shutdown_is_survived_and_quit_restores_the_terminal() {
         let mut server = TestServer::start();
         let t = temp();
         let name = unique_name("vic");
@@ -931,11 +1121,16 @@ mod terminal {
             expect(&mut p, &mut seen, &c.to_string());
         }
         server.stop();
+        // The client says so, waits for the server to come back, and leaves when asked.
         expect(&mut p, &mut seen, "shutting down");
+        expect(&mut p, &mut seen, "reconnecting");
+        p.send_control('u').unwrap();
+        p.send("/quit\r").unwrap();
+        p.flush().unwrap();
         wait_exit(&mut p, &mut seen);
 
-        // The editor was in raw mode when the server ended the chat; the client must
-        // have put the terminal back before exiting.
+        // The editor had the terminal in raw mode; the client must have put it back
+        // before exiting.
         assert_terminal_restored(&p);
     }
 }

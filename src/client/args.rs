@@ -1,14 +1,17 @@
 //! The client's command line, and the server address it names.
 //!
-//! Every flag can also come from an environment variable (`ECHOCHAT_` + the flag in
-//! upper case), the flag winning, as for the server. A host or port given neither way
-//! is asked for on a terminal (see [`super::prompt`]) or takes its default in scripted
-//! mode.
+//! Every flag can also come from an environment variable, the flag winning. Host and
+//! port read `ECHOCHAT_CLIENT_HOST` and `ECHOCHAT_CLIENT_PORT`, not the server's
+//! `ECHOCHAT_HOST`/`ECHOCHAT_PORT`, so a variable set for a server on the same machine
+//! does not steer the client. A host or port given neither way is asked for on a
+//! terminal (see [`super::prompt`]) or takes its default in scripted mode.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use clap::Parser;
+
+use super::commands::command_lines;
 
 /// Host asked for by default: a server on this machine.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -16,23 +19,48 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// The server's default port.
 pub use crate::server::config::DEFAULT_PORT;
 
+/// What `--help` adds after the flags: the chat commands (from the same table as
+/// `/help`) and scripted mode.
+fn after_help() -> String {
+    format!(
+        "\
+On a terminal, echochat asks for what is missing, logs in (with the saved session
+token when it has one) and then chats. Type a line and press Enter to send it.
+Commands:
+{}
+A line starting with '//' is sent as a message starting with '/'.
+
+Scripted mode: when stdin is not a terminal (a pipe or a file), nothing is asked.
+Without a saved token for the server, the first line is the name (skipped with
+--name) and the next the password; an unknown name is registered. Every further line
+is a message or a command. Messages, joins and leaves go to stdout, everything else
+to stderr. At the end of input echochat waits until the server has echoed every
+message, then exits 0; a failure exits non-zero with one line on stderr.
+
+Tokens are kept per server and account name in the token file, owner-only.",
+        command_lines().join("\n")
+    )
+}
+
 /// `echochat [--host H] [--port P] [--name NAME] [--token-file PATH]`
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "echochat",
     version,
-    about = "Terminal client for an echochat server"
+    about = "Terminal client for an echochat server",
+    after_help = after_help()
 )]
 pub struct Args {
     /// Server host name or IP address [default: ask on a terminal, else 127.0.0.1]
-    #[arg(long, env = "ECHOCHAT_HOST", value_parser = parse_host_arg)]
+    #[arg(long, env = "ECHOCHAT_CLIENT_HOST", value_parser = parse_host_arg)]
     pub host: Option<String>,
 
     /// Server port, 1-65535 [default: ask on a terminal, else 9090]
-    #[arg(long, env = "ECHOCHAT_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ECHOCHAT_CLIENT_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
-    /// Account name (otherwise asked for, or read from the first line of a script)
+    /// Account name (otherwise asked for, or read from the first line of a script);
+    /// only this name's saved token is used
     #[arg(long, env = "ECHOCHAT_NAME")]
     pub name: Option<String>,
 

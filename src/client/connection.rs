@@ -2,19 +2,24 @@
 //!
 //! This is the only place the client touches the socket. It cuts the stream with the
 //! shared [`FrameCodec`] (accepting frames up to [`CLIENT_MAX_FRAME`], since a history
-//! may be large), and skips frames it does not understand, so a newer server that adds
-//! message types does not break an older client. The steps every session starts with,
-//! waiting for `welcome` and authenticating, live here too, shared by both modes.
+//! may be large). A frame of a type it does not know is skipped, so a newer server that
+//! adds message types does not break an older client; a frame that is not a JSON
+//! object with a `type`, or whose known type has the wrong fields, or one over the
+//! limit, ends the connection with an error that says so (the stream cannot be
+//! trusted after it). The steps every session starts with, waiting for `welcome` and
+//! authenticating, live here too, shared by both modes.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::args::ServerAddr;
+use super::display::printable;
 use crate::codec::{encode_frame, FrameCodec, FrameError, CLIENT_MAX_FRAME};
-use crate::protocol::{AuthErrorCode, ClientMessage, ServerMessage};
+use crate::protocol::{AuthErrorCode, ClientMessage, ErrorCode, ServerMessage};
 
 /// How long to wait for a TCP connection before calling the server unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,14 +41,38 @@ pub enum ConnectionError {
     #[error("the server closed the connection")]
     Closed,
     #[error("connection error: {0}")]
-    Frame(#[from] FrameError),
+    Io(#[from] std::io::Error),
+    #[error("the server sent a frame of {len} bytes, over the {} MiB a client accepts", CLIENT_MAX_FRAME >> 20)]
+    TooLarge { len: usize },
+    #[error("the server sent a malformed frame ({0})")]
+    Malformed(String),
     #[error("cannot encode a request: {0}")]
     Encode(#[from] serde_json::Error),
     /// The server sent `shutdown` or `kicked`: the session is over, by its decision.
     #[error("{0}")]
     Ended(Ended),
-    #[error("the server answered with an error: {0}")]
+    #[error("the server answered with an error: {}", printable(.0))]
     Refused(String),
+}
+
+impl ConnectionError {
+    /// The server broke the protocol (a frame too large or malformed): a script stops
+    /// rather than trust it again.
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::TooLarge { .. } | ConnectionError::Malformed(_)
+        )
+    }
+}
+
+impl From<FrameError> for ConnectionError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { len, .. } => ConnectionError::TooLarge { len },
+            FrameError::Io(e) => ConnectionError::Io(e),
+        }
+    }
 }
 
 /// How the server ended a session.
@@ -54,10 +83,16 @@ pub enum Ended {
 }
 
 impl std::fmt::Display for Ended {
+    /// One sentence with the server's own words (escaped) said once.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Shutdown(message) => write!(f, "The server is shutting down: {message}"),
-            Ended::Kicked(message) => write!(f, "You were removed from the chat: {message}"),
+        let (what, message) = match self {
+            Ended::Shutdown(message) => ("The server went away", message),
+            Ended::Kicked(message) => ("The server ended your session", message),
+        };
+        if message.trim().is_empty() {
+            write!(f, "{what}.")
+        } else {
+            write!(f, "{what}, saying: {}", printable(message))
         }
     }
 }
@@ -83,10 +118,16 @@ pub enum AuthReply {
     },
 }
 
+/// The byte stream under the frames: a TCP socket today; a TLS session wrapping one
+/// fits the same place.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Transport for T {}
+
 /// A framed connection to the server.
 #[derive(Debug)]
 pub struct Connection {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<Box<dyn Transport>, FrameCodec>,
     addr: String,
 }
 
@@ -107,10 +148,15 @@ impl Connection {
         };
         // Chat lines are small and interactive: send them at once.
         let _ = stream.set_nodelay(true);
-        Ok(Connection {
-            framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
+        Ok(Connection::over(Box::new(stream), addr))
+    }
+
+    /// Frames over an established `transport` to the server at `addr`.
+    pub fn over(transport: Box<dyn Transport>, addr: String) -> Connection {
+        Connection {
+            framed: Framed::new(transport, FrameCodec::new(CLIENT_MAX_FRAME)),
             addr,
-        })
+        }
     }
 
     /// Sends one request.
@@ -121,15 +167,15 @@ impl Connection {
     }
 
     /// The next message from the server, `None` when it closed the connection. Frames
-    /// that are not a known [`ServerMessage`] are skipped. Cancel-safe.
+    /// of an unknown type are skipped; anything else that is not a [`ServerMessage`] is
+    /// an error. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<ServerMessage>, ConnectionError> {
         loop {
             let Some(payload) = self.framed.next().await.transpose()? else {
                 return Ok(None);
             };
-            match serde_json::from_slice::<ServerMessage>(&payload) {
-                Ok(message) => return Ok(Some(message)),
-                Err(e) => log::debug!("skipping a frame the client does not understand: {e}"),
+            if let Some(message) = parse_server_message(&payload)? {
+                return Ok(Some(message));
             }
         }
     }
@@ -205,6 +251,49 @@ impl Connection {
     }
 }
 
+/// The `type` of every [`ServerMessage`].
+const KNOWN_TYPES: &[&str] = &[
+    "welcome",
+    "auth_ok",
+    "auth_error",
+    "history",
+    "message",
+    "joined",
+    "left",
+    "who",
+    "pong",
+    "error",
+    "shutdown",
+    "kicked",
+];
+
+/// Reads one payload: `Ok(None)` for a type this client does not know, an error for a
+/// payload that is no JSON object with a string `type`, or a known type with the
+/// wrong fields. An `error` frame with a code this client does not know still reads,
+/// as `internal` (the request did not take effect).
+pub fn parse_server_message(payload: &[u8]) -> Result<Option<ServerMessage>, ConnectionError> {
+    let malformed = |why: String| ConnectionError::Malformed(printable(&why));
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let kind = match value.get("type") {
+        Some(serde_json::Value::String(kind)) if value.is_object() => kind.clone(),
+        _ if !value.is_object() => return Err(malformed("not a JSON object".into())),
+        _ => return Err(malformed("no string `type`".into())),
+    };
+    if !KNOWN_TYPES.contains(&kind.as_str()) {
+        log::debug!("skipping a frame of unknown type {kind:?}");
+        return Ok(None);
+    }
+    match serde_json::from_value::<ServerMessage>(value.clone()) {
+        Ok(message) => Ok(Some(message)),
+        Err(_) if kind == "error" && value.get("message").is_some_and(|m| m.is_string()) => {
+            let message = value["message"].as_str().unwrap_or_default().to_string();
+            Ok(Some(ServerMessage::error(ErrorCode::Internal, message)))
+        }
+        Err(e) => Err(malformed(format!("a `{kind}` frame: {e}"))),
+    }
+}
+
 /// Turns `shutdown`/`kicked` into [`ConnectionError::Ended`]; anything else is skipped.
 fn end_or_skip(message: ServerMessage) -> Result<(), ConnectionError> {
     match message {
@@ -213,5 +302,62 @@ fn end_or_skip(message: ServerMessage) -> Result<(), ConnectionError> {
         }
         ServerMessage::Kicked { message } => Err(ConnectionError::Ended(Ended::Kicked(message))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<ServerMessage>, ConnectionError> {
+        parse_server_message(text.as_bytes())
+    }
+
+    #[test]
+    fn known_frames_read_and_unknown_types_are_skipped() {
+        assert_eq!(
+            parse(r#"{"type":"pong","extra":1}"#).unwrap(),
+            Some(ServerMessage::Pong)
+        );
+        assert_eq!(
+            parse(r#"{"type":"room","room":"x","members":[]}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            parse(r#"{"type":"error","code":"unavailable","message":"later"}"#).unwrap(),
+            Some(ServerMessage::error(ErrorCode::Internal, "later"))
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        for junk in [
+            "not json",
+            "[1,2]",
+            "42",
+            r#"{"no":"type"}"#,
+            r#"{"type":5}"#,
+            r#"{"type":"message","id":"x"}"#,
+            r#"{"type":"welcome"}"#,
+        ] {
+            let e = parse(junk).expect_err(junk);
+            assert!(e.is_protocol_violation(), "{junk}: {e}");
+            assert!(e.to_string().contains("malformed"), "{e}");
+        }
+        let e = parse("\u{1b}[2J").unwrap_err().to_string();
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+    }
+
+    #[test]
+    fn ended_says_the_servers_words_once() {
+        let shutdown = Ended::Shutdown("the server is shutting down".into()).to_string();
+        assert_eq!(shutdown.matches("shutting down").count(), 1, "{shutdown}");
+        assert_eq!(
+            Ended::Kicked(String::new()).to_string(),
+            "The server ended your session."
+        );
+        assert!(!Ended::Kicked("\u{1b}]0;x\u{7}".into())
+            .to_string()
+            .contains('\u{1b}'));
     }
 }

@@ -1,21 +1,23 @@
 //! How server events read on screen, one line each: `[HH:MM:SS] name: text` for a
-//! message, `[HH:MM:SS] * name joined` for presence, and a human sentence for every
-//! `auth_error` code.
+//! message (with the date when it is not from today), `[HH:MM:SS] * name joined` for
+//! presence, and a human sentence for every `auth_error` code.
 //!
 //! Both modes print these same lines, so a script reading stdout sees what a person
-//! sees. Text from other users is made safe first: control characters (a newline, or an
-//! escape sequence that would recolour or clear the terminal) are shown escaped, so a
-//! message is always exactly one line.
+//! sees. Every string that comes from the server goes through [`printable`] before it
+//! reaches a terminal, so a message is always exactly one line and cannot drive the
+//! terminal, reorder text or hide characters.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::auth::{MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
 use crate::protocol::{AuthErrorCode, ChatMessage};
 
-/// `[HH:MM:SS] name: text`, in local time.
+/// `[HH:MM:SS] name: text` in local time, `[YYYY-MM-DD HH:MM:SS] ...` when the message
+/// is from another day than today.
 pub fn message_line(message: &ChatMessage) -> String {
     format!(
         "[{}] {}: {}",
-        clock(message.ts / 1000),
+        stamp(message.ts / 1000, now_secs()),
         printable(&message.from),
         printable(&message.text)
     )
@@ -33,15 +35,15 @@ pub fn who_line(users: &[String]) -> String {
     format!("* online ({}): {}", names.len(), names.join(", "))
 }
 
-/// What `/help` prints.
-pub const HELP: &str = "\
-Type a line and press Enter to send it to everyone online.
-Commands:
-  /who     list who is online
-  /help    show this help
-  /quit    leave; the next start logs you in again without a password
-  /logout  leave and forget this session (the next start asks for the password)
-A line starting with '//' is sent as a message starting with '/'.";
+/// The rule for names, as a sentence.
+pub fn name_rule() -> String {
+    format!("A name is 1 to {MAX_NAME_CHARS} letters, digits, '_', '-' or '.'.")
+}
+
+/// The rule for passwords, as a sentence.
+pub fn password_rule() -> String {
+    format!("A password is {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long.")
+}
 
 /// A sentence for an `auth_error`, naming the account when that helps.
 pub fn auth_error_sentence(code: AuthErrorCode, name: &str) -> String {
@@ -51,30 +53,59 @@ pub fn auth_error_sentence(code: AuthErrorCode, name: &str) -> String {
         AuthErrorCode::BadPassword => format!("Wrong password for '{name}'."),
         AuthErrorCode::NameTaken => format!("The name '{name}' is already taken; choose another."),
         AuthErrorCode::InvalidToken => {
-            "Your saved session is no longer valid (it expired, was revoked, or the server forgot its accounts); log in with your password.".to_string()
+            "The saved session token was refused (it expired, was revoked, or the server forgot its accounts); log in with your password.".to_string()
         }
-        AuthErrorCode::InvalidName => {
-            "A name is 1 to 32 letters, digits, '_', '-' or '.'.".to_string()
-        }
-        AuthErrorCode::InvalidPassword => "A password is 4 to 1024 bytes long.".to_string(),
+        AuthErrorCode::InvalidName => name_rule(),
+        AuthErrorCode::InvalidPassword => password_rule(),
         AuthErrorCode::RateLimited => {
             "Too many failed attempts from your address; wait a minute, then try again.".to_string()
         }
     }
 }
 
-/// `text` with control characters escaped (`\n`, `\u{1b}`, ...), so it prints on one
-/// line and cannot drive the terminal.
+/// `text` safe for a terminal: control characters (`\n`, `\u{1b}`, ...), bidi
+/// controls, line and paragraph separators, and zero-width or otherwise invisible
+/// characters are shown escaped, so the text prints on one line, cannot drive the
+/// terminal, and reads in the order it was written.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if is_invisible(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that change how the text around them is shown, or show as nothing:
+/// bidi embeddings, overrides, isolates and marks, line and paragraph separators,
+/// zero-width spaces and joiners, word joiners and invisible operators, the byte
+/// order mark, soft hyphen, Hangul fillers, interlinear annotation and tag characters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Seconds since the Unix epoch, now.
@@ -87,15 +118,42 @@ fn now_secs() -> u64 {
 
 /// `HH:MM:SS` of a Unix time in the local time zone (UTC if it cannot be found).
 pub fn clock(unix_secs: u64) -> String {
-    let (h, m, s) = local_hms(unix_secs).unwrap_or_else(|| {
-        let day = unix_secs % 86_400;
-        (day / 3600, day / 60 % 60, day % 60)
-    });
-    format!("{h:02}:{m:02}:{s:02}")
+    let t = local_time(unix_secs);
+    format!("{:02}:{:02}:{:02}", t.hour, t.minute, t.second)
 }
 
-/// Hour, minute and second of `unix_secs` in local time, from the C library.
-fn local_hms(unix_secs: u64) -> Option<(u64, u64, u64)> {
+/// [`clock`], with the date in front when `unix_secs` falls on another local day than
+/// `now_secs`.
+pub fn stamp(unix_secs: u64, now_secs: u64) -> String {
+    let t = local_time(unix_secs);
+    let today = local_time(now_secs);
+    if (t.year, t.month, t.day) == (today.year, today.month, today.day) {
+        clock(unix_secs)
+    } else {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year, t.month, t.day, t.hour, t.minute, t.second
+        )
+    }
+}
+
+/// A broken-down local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LocalTime {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+/// `unix_secs` in the local time zone, from the C library; UTC when that fails.
+fn local_time(unix_secs: u64) -> LocalTime {
+    from_libc(unix_secs).unwrap_or_else(|| utc(unix_secs))
+}
+
+fn from_libc(unix_secs: u64) -> Option<LocalTime> {
     let time = libc::time_t::try_from(unix_secs).ok()?;
     // SAFETY: `localtime_r` only writes into the `tm` we own and reads `time`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -103,7 +161,38 @@ fn local_hms(unix_secs: u64) -> Option<(u64, u64, u64)> {
     if result.is_null() {
         return None;
     }
-    Some((tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64))
+    let field = |v: libc::c_int| u32::try_from(v).ok();
+    Some(LocalTime {
+        year: i64::from(tm.tm_year) + 1900,
+        month: field(tm.tm_mon)? + 1,
+        day: field(tm.tm_mday)?,
+        hour: field(tm.tm_hour)?,
+        minute: field(tm.tm_min)?,
+        second: field(tm.tm_sec)?,
+    })
+}
+
+/// UTC broken down without the C library (days to civil date, Howard Hinnant's method).
+fn utc(unix_secs: u64) -> LocalTime {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    LocalTime {
+        year,
+        month,
+        day,
+        hour: (secs / 3600) as u32,
+        minute: (secs / 60 % 60) as u32,
+        second: (secs % 60) as u32,
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +205,7 @@ mod tests {
             id: 1,
             from: "alice".into(),
             text: "hi\nthere\u{1b}[2J".into(),
-            ts: 1_700_000_000_123,
+            ts: now_secs() * 1000,
         });
         assert!(line.starts_with('['), "{line}");
         assert_eq!(&line[3..4], ":");
@@ -163,5 +252,34 @@ mod tests {
             );
         }
         assert!(auth_error_sentence(UnknownUser, "zed").contains("'zed'"));
+        assert!(auth_error_sentence(InvalidName, "").contains(&MAX_NAME_CHARS.to_string()));
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_are_escaped() {
+        let shown =
+            printable("a\u{202e}b\u{2028}c\u{200b}d\u{2066}e\u{feff}f\u{1b}]0;x\u{7}\u{85}");
+        assert_eq!(
+            shown,
+            "a\\u{202e}b\\u{2028}c\\u{200b}d\\u{2066}e\\u{feff}f\\u{1b}]0;x\\u{7}\\u{85}"
+        );
+        assert_eq!(printable("Zoë 名前 🎉"), "Zoë 名前 🎉");
+    }
+
+    #[test]
+    fn a_stamp_has_the_date_only_for_another_day() {
+        let noon = 1_700_000_000;
+        assert_eq!(stamp(noon, noon + 60).len(), 8);
+        let old = stamp(1_592_222_400, noon);
+        assert!(old.starts_with("2020-06-1"), "{old}");
+        assert_eq!(old.len(), "2020-06-15 12:00:00".len());
+    }
+
+    #[test]
+    fn utc_fallback_knows_the_calendar() {
+        let t = utc(1_592_222_400);
+        assert_eq!((t.year, t.month, t.day, t.hour), (2020, 6, 15, 12));
+        let t = utc(951_782_400); // 2000-02-29
+        assert_eq!((t.year, t.month, t.day), (2000, 2, 29));
     }
 }

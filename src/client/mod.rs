@@ -1,23 +1,49 @@
 //! The interactive terminal client (`echochat`).
 //!
-//! `client_main.rs` parses [`args::Args`] and calls [`run`], which picks a mode: on a
-//! terminal, [`terminal`] asks for what is missing and chats through a line editor; with
-//! stdin a pipe or a file, [`scripted`] reads its lines and asks nothing. Both share the
-//! socket ([`connection`]), the logged-in chat loop ([`session`]), the token file
-//! ([`tokens`]) and how events read ([`display`]). Framing and message types come from
-//! the crate's `codec` and `protocol`, the same ones the server uses.
+//! `client_main.rs` parses [`args::Args`] and calls [`run`], which picks a front end:
+//! on a terminal, [`terminal`] asks for what is missing and chats through its own line
+//! editor ([`tty`] owns the screen, [`editor`] the line, [`keys`] decodes the
+//! keyboard); with stdin a pipe or a file, [`scripted`] reads its lines and asks
+//! nothing. Both share the rest:
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`connection`] | the socket and its frames ([`connection::Transport`] is where TLS would fit) |
+//! | [`login`] | resume, login, register: written once, credentials supplied by the front end |
+//! | [`tokens`] | the token file, per server and account name |
+//! | [`session`] | the logged-in event loop |
+//! | [`commands`] | what a typed line means; one table of `/` commands |
+//! | [`queue`] | requests in order, says in flight and their window |
+//! | [`reconnect`] | getting the session back, and the backoff |
+//! | [`display`] | how events read, and the one escape for server strings |
+//!
+//! Framing and message types come from the crate's `codec` and `protocol`, the same
+//! ones the server uses.
 
 pub mod args;
+pub mod commands;
 pub mod connection;
 pub mod display;
+pub mod editor;
+#[cfg(test)]
+mod fake_server;
+pub mod keys;
+pub mod login;
 pub mod prompt;
+pub mod queue;
+pub mod reconnect;
 pub mod scripted;
 pub mod session;
 pub mod terminal;
 pub mod tokens;
+pub mod tty;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+
+/// Where a front end shows a line that is not chat (a warning, a notice): above the
+/// prompt on a terminal, on stderr for a script.
+pub type Notify = Box<dyn FnMut(&str) + Send>;
 
 /// How the client ends: an exit code, and a last line for stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]

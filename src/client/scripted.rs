@@ -3,23 +3,32 @@
 //! SPEC §1: without a valid token for the server, the first line is the name (unless
 //! `--name` gives it) and the next the password; the client logs in, registering the
 //! name if it is unknown. Every further line is a message or a `/` command. At end of
-//! input it quits once the server has echoed every message, exit code 0. Received
-//! messages go to stdout one per line, so a script can read them; everything else goes
-//! to stderr. An unreachable server or a failed login is one line on stderr and a
-//! non-zero exit.
+//! input it quits once the server has echoed every message, exit code 0. Messages,
+//! joins and leaves go to stdout one per line, so a script can read them; everything
+//! else (answers to commands included) goes to stderr. An unreachable server, a failed
+//! login, or a server that breaks the protocol is one line on stderr and a non-zero
+//! exit.
+//!
+//! A password line is never sent as chat (§12), even when a valid token makes it
+//! unnecessary: after a login with the token, a first line that is the account's name
+//! is taken, with the line after it, as the name and password a script that always
+//! gives them; a first line that is the account's password (recognised by the check
+//! the token file keeps) is taken as the password line. Neither is sent. A first line
+//! naming another account that the token file knows ends the run before anything is
+//! sent: the script means someone else, and `--name` says who.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
-use super::connection::{AuthReply, Connection};
-use super::display::auth_error_sentence;
+use super::display::printable;
+use super::login::{self, Credentials, How, Link};
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
 use super::tokens::{self, TokenStore};
 use super::Exit;
-use crate::protocol::{AuthErrorCode, ClientMessage};
+use crate::auth::name_key;
 
 /// Lines read ahead of the session; a large file is read as the chat goes, not at once.
 const LINE_BUFFER: usize = 256;
@@ -28,7 +37,8 @@ const LINE_BUFFER: usize = 256;
 /// still hashing other users' passwords, can be slow.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reconnection attempts before a script gives up (about a minute with backoff).
+/// Reconnection attempts in a row before a script gives up (about a minute and a half
+/// with backoff).
 const MAX_RECONNECTS: u32 = 7;
 
 /// Messages to stdout, reports to stderr.
@@ -40,9 +50,18 @@ impl Output for ScriptOutput {
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     }
 
-    fn notice(&mut self, line: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "echochat: {line}");
+    fn info(&mut self, line: &str) {
+        self.notice(line);
     }
+
+    fn notice(&mut self, line: &str) {
+        notice(line);
+    }
+}
+
+/// A report on stderr.
+fn notice(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "echochat: {line}");
 }
 
 /// Runs scripted mode to its exit status.
@@ -54,36 +73,57 @@ pub async fn run(args: Args) -> Exit {
             .unwrap_or_else(|| DEFAULT_HOST.to_string()),
         port: args.port.unwrap_or(DEFAULT_PORT),
     };
-    let mut out = ScriptOutput;
-    let token_path = args.token_file.clone().or_else(tokens::default_path);
-    let (mut tokens, warning) = TokenStore::open(token_path, server.token_key());
-    if let Some(warning) = warning {
-        out.notice(&format!("warning: {warning}"));
-    }
-    let mut lines = spawn_stdin_reader();
-
-    let mut conn = match Connection::connect(&server).await {
-        Ok(conn) => conn,
-        Err(e) => return Exit::failure(e.to_string()),
+    let mut tokens = TokenStore::for_server(
+        args.token_file.clone(),
+        server.token_key(),
+        Box::new(notice),
+    );
+    let mut lines = ScriptLines {
+        lines: spawn_stdin_reader(),
     };
-    if let Err(e) = conn.welcome(None).await {
-        return Exit::failure(e.to_string());
-    }
-    let name = match log_in(&mut conn, &mut tokens, args.name, &mut lines, &mut out).await {
-        Ok(name) => name,
+    let mut link = match Link::open(&server, Box::new(notice)).await {
+        Ok(link) => link,
         Err(exit) => return exit,
     };
+    let fixed = args.name.as_deref();
+    let logged_in = match login::log_in(&mut link, &mut tokens, fixed, &mut lines).await {
+        Ok(logged_in) => logged_in,
+        Err(exit) => return exit,
+    };
+    let mut lines = lines.lines;
+    let mut refused_input = None;
+    if logged_in.how == How::Resumed {
+        let guard = FirstLines {
+            name: logged_in.name.clone(),
+            password_check: tokens.password_check(&logged_in.name),
+            others: tokens.known_names(),
+        };
+        let (guarded, failure) = guard.spawn(lines);
+        lines = guarded;
+        refused_input = Some(failure);
+    }
 
     let policy = Policy {
-        window: Some(1),
-        retry_rate_limited: true,
+        window: 1,
         max_reconnects: Some(MAX_RECONNECTS),
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: true,
         ping_interval: PING_INTERVAL,
+        reconnect_after_shutdown: false,
+        fail_on_bad_frame: true,
     };
-    let mut session = Session::new(conn, server, tokens, name, out, policy);
+    let mut session = Session::new(
+        logged_in.conn,
+        server,
+        tokens,
+        logged_in.name,
+        ScriptOutput,
+        policy,
+    );
     let outcome = session.run(&mut lines).await;
+    if let Some(Ok(why)) = refused_input.map(|mut r| r.try_recv()) {
+        return Exit::failure(why);
+    }
     // Lines already read but never taken also went unsent (the server ended first).
     let unread = usize::from(lines.try_recv().is_ok());
     let unacknowledged = session.unacknowledged() + unread;
@@ -101,92 +141,95 @@ pub async fn run(args: Args) -> Exit {
     }
 }
 
-/// Authenticates: with the saved token if there is one and the server takes it,
-/// otherwise with the name and password from the input (registering an unknown name).
-/// Returns the name the server knows us by.
-async fn log_in(
-    conn: &mut Connection,
-    tokens: &mut TokenStore,
-    name: Option<String>,
-    lines: &mut mpsc::Receiver<String>,
-    out: &mut ScriptOutput,
-) -> Result<String, Exit> {
-    if let Some(token) = tokens.token().map(str::to_string) {
-        let request = ClientMessage::Resume { token };
-        match conn.authenticate(&request).await {
-            Ok(AuthReply::Accepted { name, token, .. }) => {
-                save(tokens, &token, out);
-                return Ok(name);
-            }
-            Ok(AuthReply::Refused {
-                code: AuthErrorCode::InvalidToken,
-                ..
-            }) => {
-                if let Err(e) = tokens.forget() {
-                    out.notice(&format!("warning: {e}"));
-                }
-                out.notice("the saved session token was refused; logging in with the name and password from the input");
-            }
-            Ok(AuthReply::Refused { code, .. }) => {
-                return Err(Exit::failure(auth_error_sentence(
-                    code,
-                    name.as_deref().unwrap_or(""),
-                )))
-            }
-            Err(e) => return Err(Exit::failure(e.to_string())),
+/// Credentials read from the script's lines: the name, then the password. A refusal
+/// ends the run: there is nobody to ask again.
+struct ScriptLines {
+    lines: mpsc::Receiver<String>,
+}
+
+impl Credentials for ScriptLines {
+    async fn name(&mut self, _suggested: Option<&str>) -> Result<String, Exit> {
+        match self.lines.recv().await {
+            Some(line) => Ok(line.trim().to_string()),
+            None => Err(Exit::failure(
+                "no valid session token, and the input ended before a name",
+            )),
         }
     }
 
-    let name = match name {
-        Some(name) => name,
-        None => match lines.recv().await {
-            Some(line) => line.trim().to_string(),
-            None => {
-                return Err(Exit::failure(
-                    "no valid session token, and the input ended before a name",
-                ))
-            }
-        },
-    };
-    let Some(password) = lines.recv().await else {
-        return Err(Exit::failure(
-            "no valid session token, and the input ended before a password",
-        ));
-    };
-    let login = ClientMessage::Login {
-        name: name.clone(),
-        password: password.clone(),
-    };
-    let reply = match conn.authenticate(&login).await {
-        Ok(AuthReply::Refused {
-            code: AuthErrorCode::UnknownUser,
-            ..
-        }) => {
-            conn.authenticate(&ClientMessage::Register {
-                name: name.clone(),
-                password,
-            })
-            .await
-        }
-        other => other,
-    };
-    match reply {
-        Ok(AuthReply::Accepted { name, token, .. }) => {
-            save(tokens, &token, out);
-            Ok(name)
-        }
-        Ok(AuthReply::Refused { code, .. }) => Err(Exit::failure(format!(
-            "login failed: {}",
-            auth_error_sentence(code, &name)
-        ))),
-        Err(e) => Err(Exit::failure(e.to_string())),
+    async fn password(&mut self, _name: &str) -> Result<String, Exit> {
+        self.lines.recv().await.ok_or_else(|| {
+            Exit::failure("no valid session token, and the input ended before a password")
+        })
+    }
+
+    async fn new_account(&mut self, _name: &str, typed: &str) -> Result<Option<String>, Exit> {
+        Ok(Some(typed.to_string()))
+    }
+
+    fn refused(&mut self, sentence: &str) -> Result<(), Exit> {
+        Err(Exit::failure(format!("login failed: {sentence}")))
     }
 }
 
-/// Remembers a fresh token; failing to write the file is worth a warning, not an exit.
-fn save(tokens: &mut TokenStore, token: &str, out: &mut ScriptOutput) {
-    if let Err(e) = tokens.save(token) {
-        out.notice(&format!("warning: {e}"));
+/// Watches the first lines of a script that logged in with its token, so credentials
+/// it gives anyway are not sent as chat (see the module comment).
+struct FirstLines {
+    /// The account the token logged in as.
+    name: String,
+    password_check: Option<String>,
+    /// Every account the token file holds for this server.
+    others: Vec<String>,
+}
+
+impl FirstLines {
+    /// Passes the lines on once the first ones are judged. A script that names another
+    /// account gets nothing sent: its reason comes out of the second receiver.
+    fn spawn(
+        self,
+        mut lines: mpsc::Receiver<String>,
+    ) -> (mpsc::Receiver<String>, oneshot::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(LINE_BUFFER);
+        let (failed, failure) = oneshot::channel();
+        tokio::spawn(async move {
+            let Some(first) = lines.recv().await else {
+                return;
+            };
+            let named = name_key(first.trim());
+            if named == name_key(&self.name) {
+                // The name line; the next one is its password.
+                let _ = lines.recv().await;
+                notice("the name and password lines were not needed (logged in with the saved token) and were not sent");
+            } else if self.others.iter().any(|other| name_key(other) == named) {
+                let _ = failed.send(format!(
+                    "the input starts with the name '{}', but the saved token is for '{}'; nothing was sent (use --name to choose the account)",
+                    printable(first.trim()),
+                    printable(&self.name)
+                ));
+                return;
+            } else if self.is_password(&first).await {
+                notice("the password line was not needed (logged in with the saved token) and was not sent");
+            } else if tx.send(first).await.is_err() {
+                return;
+            }
+            while let Some(line) = lines.recv().await {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, failure)
+    }
+
+    /// Whether `line` is the account's password (PBKDF2, off the async threads).
+    async fn is_password(&self, line: &str) -> bool {
+        let Some(check) = self.password_check.clone() else {
+            return false;
+        };
+        let line = line.to_string();
+        tokio::task::spawn_blocking(move || tokens::is_password(&check, &line))
+            .await
+            .unwrap_or(false)
     }
 }
 

@@ -1,40 +1,35 @@
-//! The chat itself, once logged in: the loop both modes share.
+//! The chat itself, once logged in: the event loop both modes share.
 //!
-//! It reads the user's lines from a channel (fed by rustyline on a terminal, by stdin
-//! in scripted mode), turns them into requests, and shows what the server sends through
-//! an [`Output`]. It keeps the promise of scripted mode, "quit only after the server
-//! echoed what it sent": every `say` stays *in flight* until the server's copy from our
-//! own name comes back (or an `error` refuses it), and `/quit` or end of input waits for
-//! that. When the connection drops it says so and reconnects with backoff, resuming with
-//! the token; says that were in flight are resent unless the replayed history shows they
-//! arrived. `shutdown` and `kicked` end the session.
+//! It reads the user's lines from a channel (fed by the line editor on a terminal, by
+//! stdin in scripted mode), understands them ([`commands`](super::commands)), queues
+//! the requests ([`SendQueue`]) and shows what the server sends through an
+//! [`Output`]. It keeps the promise of scripted mode, "quit only after the server
+//! echoed what it sent": `/quit` and end of input wait until no `say` is in flight.
+//! When the connection drops it says so in one line and reconnects with backoff
+//! ([`Backoff`]), resuming with the token as the login does; says that were in flight
+//! are resent unless the replayed history shows they arrived. `kicked` ends the
+//! session; `shutdown` ends it too in scripted mode, while a person waits for the
+//! server to come back. A frame too large or malformed ends the connection, and a
+//! script.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::args::ServerAddr;
-use super::connection::{AuthReply, Connection, ConnectionError, Ended};
-use super::display::{self, auth_error_sentence, HELP};
+use super::commands::{help_lines, parse_input, Command, Input};
+use super::connection::{Connection, ConnectionError, Ended};
+use super::display::{self, printable};
+use super::queue::{Outgoing, Refusal, SendQueue};
+use super::reconnect::{self, Attempt, Backoff};
 use super::tokens::TokenStore;
 use crate::protocol::{
-    AuthErrorCode, ChatMessage, ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS,
+    ChatMessage, ClientMessage, ErrorCode, HistoryEntry, ServerMessage, MAX_TEXT_CHARS,
 };
 
 /// How long after sending `quit`/`logout` we keep reading for the server to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// First pause before reconnecting; doubled after each failed attempt.
-const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
-
-/// Longest pause between reconnection attempts.
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
-
-/// How long a reconnection waits for the server's greeting. A paused server does not
-/// greet; we try again later rather than hang while the user may want to `/quit`.
-const RECONNECT_WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// After this long without sending anything, send a `ping`: the server closes
 /// connections idle for `--idle-timeout` (300 s by default), and a person may read for
@@ -43,14 +38,14 @@ const RECONNECT_WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// change or a sleeping laptop leaves a dead connection that only this reveals).
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// First wait before resending a `say` the server refused with `rate_limited`; the
-/// server's bucket refills at a steady rate, so short waits suffice.
-const RATE_LIMIT_FIRST_DELAY: Duration = Duration::from_millis(100);
-
-/// Where the session's lines go.
+/// Where the session's lines go. Every line is already printable (escaped).
 pub trait Output: Send {
-    /// Chat content: history, messages, joins, leaves, `/who` answers, `/help`.
+    /// Chat content: history, messages, joins, leaves.
     fn chat(&mut self, line: &str);
+    /// Answers to commands: `/who`, `/help`.
+    fn info(&mut self, line: &str) {
+        self.chat(line);
+    }
     /// The client's own status and error reports.
     fn notice(&mut self, line: &str);
 }
@@ -58,13 +53,9 @@ pub trait Output: Send {
 /// How the session behaves; the two modes differ only here.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Most `say`s in flight at once; `None` for no limit. Scripted mode sends one at a
-    /// time, so a refused message can be resent without reordering the chat.
-    pub window: Option<usize>,
-    /// Resend a `say` refused with `rate_limited` (scripted) instead of dropping it
-    /// with a notice (terminal: the person sees it and decides).
-    pub retry_rate_limited: bool,
-    /// Give up after this many failed reconnection attempts; `None` to keep trying.
+    /// Most `say`s in flight at once.
+    pub window: usize,
+    /// Give up after this many reconnection attempts in a row; `None` to keep trying.
     pub max_reconnects: Option<u32>,
     /// A `say` not echoed within this time counts as lost.
     pub ack_timeout: Duration,
@@ -72,6 +63,12 @@ pub struct Policy {
     pub fail_on_ack_timeout: bool,
     /// Quiet time before a `ping`, and how long its answer may take.
     pub ping_interval: Duration,
+    /// After `shutdown`, wait for the server to come back (a person) rather than end
+    /// the session (a script).
+    pub reconnect_after_shutdown: bool,
+    /// A frame too large or malformed ends the session as a failure (scripted) rather
+    /// than the connection only.
+    pub fail_on_bad_frame: bool,
 }
 
 /// How the session ended.
@@ -85,70 +82,6 @@ pub enum Outcome {
     Ended(Ended),
     /// Something went wrong that the user must hear about; the sentence says what.
     Failed(String),
-}
-
-/// One line the user typed, understood.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    Say(String),
-    Who,
-    Quit,
-    Logout,
-    Help,
-    /// Nothing to send (an empty line).
-    Nothing,
-    /// `/x` that is no command: the word, for the hint.
-    Unknown(String),
-    /// A message over the server's limit: its length in characters.
-    TooLong(usize),
-}
-
-/// Parses one line. `/cmd` is a command (case-insensitive, extra words ignored); `//x`
-/// sends `/x`; a blank line is nothing.
-pub fn parse_input(line: &str) -> Input {
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.trim().is_empty() {
-        return Input::Nothing;
-    }
-    if let Some(rest) = line.strip_prefix('/') {
-        if !rest.starts_with('/') {
-            let word = rest.split_whitespace().next().unwrap_or("").to_lowercase();
-            return match word.as_str() {
-                "who" => Input::Who,
-                "quit" | "exit" => Input::Quit,
-                "logout" => Input::Logout,
-                "help" | "?" => Input::Help,
-                _ => Input::Unknown(word),
-            };
-        }
-        return say(rest);
-    }
-    say(line)
-}
-
-fn say(text: &str) -> Input {
-    let chars = text.chars().count();
-    if chars > MAX_TEXT_CHARS {
-        Input::TooLong(chars)
-    } else {
-        Input::Say(text.to_string())
-    }
-}
-
-/// A request waiting its turn, in the order the user typed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outgoing {
-    Say(String),
-    Who,
-    Quit,
-    Logout,
-}
-
-/// A `say` sent and not yet echoed.
-#[derive(Debug)]
-struct InFlight {
-    text: String,
-    sent: Instant,
 }
 
 /// What woke the loop up.
@@ -167,21 +100,13 @@ pub struct Session<O: Output> {
     out: O,
     policy: Policy,
     conn: Option<Connection>,
-    pending: VecDeque<Outgoing>,
-    in_flight: VecDeque<InFlight>,
-    /// Says at the front of `pending` that were in flight when the connection dropped:
-    /// the replayed history may show they arrived.
-    maybe_delivered: usize,
+    queue: SendQueue,
     /// Highest message id shown, so a replayed history shows only what is new.
     last_id: u64,
     input_closed: bool,
-    /// Says refused by the server (counted, so scripted mode can fail at the end).
-    refused: usize,
-    /// No sending before this instant (after `rate_limited`).
-    hold_until: Option<Instant>,
-    rate_limit_delay: Duration,
+    backoff: Backoff,
+    /// When to try reconnecting, while there is no connection.
     reconnect_at: Instant,
-    reconnect_attempts: u32,
     /// When we last sent anything, to know when a `ping` is due.
     last_sent: Instant,
     /// When the `ping` we are waiting on went out; any frame from the server clears it.
@@ -198,46 +123,32 @@ impl<O: Output> Session<O> {
         out: O,
         policy: Policy,
     ) -> Self {
+        let now = Instant::now();
         Session {
             server,
             tokens,
             name,
             out,
+            queue: SendQueue::new(policy.window),
             policy,
             conn: Some(conn),
-            pending: VecDeque::new(),
-            in_flight: VecDeque::new(),
-            maybe_delivered: 0,
             last_id: 0,
             input_closed: false,
-            refused: 0,
-            hold_until: None,
-            rate_limit_delay: RATE_LIMIT_FIRST_DELAY,
-            reconnect_at: Instant::now(),
-            reconnect_attempts: 0,
-            last_sent: Instant::now(),
+            backoff: Backoff::new(now),
+            reconnect_at: now,
+            last_sent: now,
             ping_sent: None,
         }
     }
 
-    /// The name the session is logged in as.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Says the server refused during the session.
+    /// Says refused during the session (by the server, or as too long).
     pub fn refused(&self) -> usize {
-        self.refused
+        self.queue.refused()
     }
 
     /// Says typed but not acknowledged: queued, or sent and not yet echoed.
     pub fn unacknowledged(&self) -> usize {
-        let queued = self
-            .pending
-            .iter()
-            .filter(|o| matches!(o, Outgoing::Say(_)))
-            .count();
-        queued + self.in_flight.len()
+        self.queue.unacknowledged()
     }
 
     /// Runs the chat until the user leaves, the server ends it, or it fails. `lines`
@@ -266,11 +177,18 @@ impl<O: Output> Session<O> {
             let outcome = match event {
                 Event::Server(Ok(Some(message))) => self.on_server(message),
                 Event::Server(Ok(None)) => self.on_lost("the server closed the connection"),
+                Event::Server(Err(e))
+                    if e.is_protocol_violation() && self.policy.fail_on_bad_frame =>
+                {
+                    Some(Outcome::Failed(e.to_string()))
+                }
                 Event::Server(Err(e)) => self.on_lost(&e.to_string()),
-                Event::Line(Some(line)) => self.on_line(&line),
+                Event::Line(Some(line)) => {
+                    self.on_line(&line);
+                    None
+                }
                 Event::Line(None) => {
-                    self.input_closed = true;
-                    self.pending.push_back(Outgoing::Quit);
+                    self.leave(Outgoing::Quit);
                     None
                 }
                 Event::Timer => None,
@@ -298,11 +216,10 @@ impl<O: Output> Session<O> {
         }
     }
 
-    /// The earliest moment something must happen without input: a reconnection, the
-    /// end of a rate-limit hold, or an acknowledgement deadline.
+    /// The earliest moment something must happen without input: a reconnection, a
+    /// ping, the end of a rate-limit hold, or an acknowledgement deadline.
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let mut deadline = far;
+        let mut deadline = Instant::now() + Duration::from_secs(3600);
         if self.conn.is_none() {
             deadline = deadline.min(self.reconnect_at);
         } else if let Some(ping) = self.ping_sent {
@@ -310,107 +227,83 @@ impl<O: Output> Session<O> {
         } else {
             deadline = deadline.min(self.last_sent + self.policy.ping_interval);
         }
-        if let Some(hold) = self.hold_until {
+        if let Some(hold) = self.queue.held_until() {
             deadline = deadline.min(hold);
         }
-        if let Some(first) = self.in_flight.front() {
-            deadline = deadline.min(first.sent + self.policy.ack_timeout);
+        if let Some(sent) = self.queue.oldest_in_flight() {
+            deadline = deadline.min(sent + self.policy.ack_timeout);
         }
         deadline
     }
 
     /// Handles a line the user typed.
-    fn on_line(&mut self, line: &str) -> Option<Outcome> {
+    fn on_line(&mut self, line: &str) {
         match parse_input(line) {
             Input::Say(text) => {
                 if self.conn.is_none() {
                     self.out
                         .notice("(not connected: the message will be sent once the connection is back)");
                 }
-                self.pending.push_back(Outgoing::Say(text));
+                self.queue.push(Outgoing::Say(text));
             }
-            Input::Who => self.pending.push_back(Outgoing::Who),
-            Input::Quit => {
-                self.input_closed = true;
-                self.pending.push_back(Outgoing::Quit);
-            }
-            Input::Logout => {
-                self.input_closed = true;
-                self.pending.push_back(Outgoing::Logout);
-            }
-            Input::Help => {
-                for line in HELP.lines() {
-                    self.out.chat(line);
+            Input::Command(Command::Who) => self.queue.push(Outgoing::Who),
+            Input::Command(Command::Quit) => self.leave(Outgoing::Quit),
+            Input::Command(Command::Logout) => self.leave(Outgoing::Logout),
+            Input::Command(Command::Help) => {
+                for line in help_lines() {
+                    self.out.info(&line);
                 }
             }
             Input::Nothing => {}
             Input::Unknown(word) => self.out.notice(&format!(
                 "Unknown command '/{}'; type /help for the commands (start with '//' to send a line beginning with '/').",
-                display::printable(&word)
+                printable(&word)
             )),
+            Input::Usage(why) => self.out.notice(&printable(&why)),
             Input::TooLong(chars) => {
-                self.refused += 1;
+                self.queue.count_refused();
                 self.out.notice(&format!(
                     "Not sent: the message has {chars} characters, the limit is {MAX_TEXT_CHARS}."
                 ));
             }
         }
-        None
     }
 
-    /// Sends what may be sent now: queued requests in order, while the window has room.
-    /// `quit`/`logout` wait until every say is acknowledged, then end the session.
+    /// Queues the last request: nothing typed after it is read.
+    fn leave(&mut self, how: Outgoing) {
+        self.input_closed = true;
+        self.queue.push(how);
+    }
+
+    /// Sends what may be sent now, in order. `quit`/`logout` end the session.
     async fn send_ready(&mut self) -> Option<Outcome> {
-        if self.hold_until.is_some_and(|t| Instant::now() < t) {
-            return None;
-        }
-        self.hold_until = None;
         loop {
-            let next = self.pending.front()?;
-            let closing = matches!(next, Outgoing::Quit | Outgoing::Logout);
             if self.conn.is_none() {
                 // Leaving needs no connection, once nothing is waiting for an echo.
-                if closing && self.in_flight.is_empty() && self.pending.len() == 1 {
-                    return Some(self.leave_offline());
-                }
-                return None;
+                return self.queue.leave_offline().map(|how| self.ended_by(&how));
             }
-            let request = match next {
-                Outgoing::Say(text) => {
-                    if self
-                        .policy
-                        .window
-                        .is_some_and(|w| self.in_flight.len() >= w)
-                    {
-                        return None;
-                    }
-                    ClientMessage::Say { text: text.clone() }
-                }
-                Outgoing::Who => ClientMessage::Who,
-                Outgoing::Quit if self.in_flight.is_empty() => ClientMessage::Quit,
-                Outgoing::Logout if self.in_flight.is_empty() => ClientMessage::Logout,
-                Outgoing::Quit | Outgoing::Logout => return None,
-            };
+            let request = self.queue.ready(Instant::now())?.request();
             let conn = self.conn.as_mut()?;
             if let Err(e) = conn.send(&request).await {
                 return self.on_lost(&e.to_string());
             }
             self.last_sent = Instant::now();
-            let sent = self.pending.pop_front()?;
-            match sent {
-                Outgoing::Say(text) => self.in_flight.push_back(InFlight {
-                    text,
-                    sent: Instant::now(),
-                }),
-                Outgoing::Who => {}
-                Outgoing::Quit => return Some(self.finish(Outcome::Quit).await),
-                Outgoing::Logout => {
-                    if let Err(e) = self.tokens.forget() {
-                        self.out.notice(&format!("warning: {e}"));
-                    }
-                    return Some(self.finish(Outcome::LoggedOut).await);
-                }
+            let sent = self.queue.sent(self.last_sent)?;
+            if sent.is_leaving() {
+                let outcome = self.ended_by(&sent);
+                return Some(self.finish(outcome).await);
             }
+        }
+    }
+
+    /// The outcome of a `quit` or `logout`; a logout forgets the token here, even when
+    /// it could not reach the server.
+    fn ended_by(&mut self, how: &Outgoing) -> Outcome {
+        if *how == Outgoing::Logout {
+            self.tokens.forget(&self.name);
+            Outcome::LoggedOut
+        } else {
+            Outcome::Quit
         }
     }
 
@@ -425,20 +318,6 @@ impl<O: Output> Session<O> {
             }
         }
         outcome
-    }
-
-    /// `/quit` or `/logout` while disconnected. A logout cannot revoke the token on the
-    /// server now, but the client forgets it.
-    fn leave_offline(&mut self) -> Outcome {
-        match self.pending.pop_front() {
-            Some(Outgoing::Logout) => {
-                if let Err(e) = self.tokens.forget() {
-                    self.out.notice(&format!("warning: {e}"));
-                }
-                Outcome::LoggedOut
-            }
-            _ => Outcome::Quit,
-        }
     }
 
     /// Pings the server when we have been quiet a while, and calls the connection lost
@@ -464,8 +343,8 @@ impl<O: Output> Session<O> {
 
     /// Fails (scripted) or gives up on (terminal) a say the server has not echoed in time.
     fn check_ack_timeout(&mut self) -> Option<Outcome> {
-        let first = self.in_flight.front()?;
-        if first.sent.elapsed() < self.policy.ack_timeout {
+        let sent = self.queue.oldest_in_flight()?;
+        if sent.elapsed() < self.policy.ack_timeout {
             return None;
         }
         let secs = self.policy.ack_timeout.as_secs();
@@ -474,7 +353,7 @@ impl<O: Output> Session<O> {
                 "the server did not acknowledge a message within {secs} s"
             )));
         }
-        self.in_flight.pop_front();
+        self.queue.drop_oldest();
         self.out.notice(&format!(
             "The server did not echo a message within {secs} s; it may not have arrived."
         ));
@@ -485,20 +364,31 @@ impl<O: Output> Session<O> {
     fn on_server(&mut self, message: ServerMessage) -> Option<Outcome> {
         match message {
             ServerMessage::History { messages } => {
-                for entry in messages {
-                    let crate::protocol::HistoryEntry::Message(m) = entry;
-                    self.on_history_message(m);
+                for HistoryEntry::Message(m) in messages {
+                    if self.is_new(&m) {
+                        self.queue.on_replayed(&m, &self.name);
+                        self.show(&m);
+                    }
                 }
-                self.maybe_delivered = 0;
+                self.queue.history_done();
             }
-            ServerMessage::Message(m) => self.on_message(m),
+            ServerMessage::Message(m) => {
+                if self.is_new(&m) {
+                    self.queue.on_message(&m, &self.name);
+                    self.show(&m);
+                }
+            }
             ServerMessage::Joined { name } => self.out.chat(&display::presence_line(&name, true)),
             ServerMessage::Left { name } => self.out.chat(&display::presence_line(&name, false)),
-            ServerMessage::Who { users } => self.out.chat(&display::who_line(&users)),
+            ServerMessage::Who { users } => self.out.info(&display::who_line(&users)),
             ServerMessage::Error { code, message } => self.on_error(code, &message),
             ServerMessage::Shutdown { message } => {
+                let ended = Ended::Shutdown(message);
+                if self.policy.reconnect_after_shutdown {
+                    return self.on_lost_because(&ended.to_string());
+                }
                 self.conn = None;
-                return Some(Outcome::Ended(Ended::Shutdown(message)));
+                return Some(Outcome::Ended(ended));
             }
             ServerMessage::Kicked { message } => {
                 self.conn = None;
@@ -512,33 +402,9 @@ impl<O: Output> Session<O> {
         None
     }
 
-    /// A replayed message: shown if new; after a reconnection it may confirm a say
-    /// that was in flight when the connection dropped.
-    fn on_history_message(&mut self, m: ChatMessage) {
-        if m.id <= self.last_id && self.last_id != 0 {
-            return;
-        }
-        if self.maybe_delivered > 0
-            && m.from == self.name
-            && self.pending.front() == Some(&Outgoing::Say(m.text.clone()))
-        {
-            self.pending.pop_front();
-            self.maybe_delivered -= 1;
-        }
-        self.show(&m);
-    }
-
-    /// A live message; our own acknowledges the oldest say in flight.
-    fn on_message(&mut self, m: ChatMessage) {
-        if m.id <= self.last_id && self.last_id != 0 {
-            return;
-        }
-        // Compare the text too: the same user may also be online from elsewhere.
-        if m.from == self.name && self.in_flight.front().is_some_and(|f| f.text == m.text) {
-            self.in_flight.pop_front();
-            self.rate_limit_delay = RATE_LIMIT_FIRST_DELAY;
-        }
-        self.show(&m);
+    /// Whether a message was not shown yet (a replayed history repeats what was).
+    fn is_new(&self, m: &ChatMessage) -> bool {
+        self.last_id == 0 || m.id > self.last_id
     }
 
     fn show(&mut self, m: &ChatMessage) {
@@ -546,201 +412,97 @@ impl<O: Output> Session<O> {
         self.out.chat(&display::message_line(m));
     }
 
-    /// An `error` frame. After login only a `say` can be refused, and the server
-    /// answers in order, so it concerns the oldest say in flight.
+    /// An `error` frame: a refused say is resent (`rate_limited`) or reported.
     fn on_error(&mut self, code: ErrorCode, message: &str) {
-        let refused_say = matches!(code, ErrorCode::RateLimited | ErrorCode::BadRequest)
-            .then(|| self.in_flight.pop_front())
-            .flatten();
-        match (code, refused_say) {
-            (ErrorCode::RateLimited, Some(say)) if self.policy.retry_rate_limited => {
-                self.pending.push_front(Outgoing::Say(say.text));
-                self.hold_until = Some(Instant::now() + self.rate_limit_delay);
-                self.rate_limit_delay = (self.rate_limit_delay * 2).min(Duration::from_secs(2));
-            }
-            (ErrorCode::RateLimited, Some(say)) => {
-                self.refused += 1;
-                self.out.notice(&format!(
-                    "Not sent, you are sending too fast: {}",
-                    display::printable(&say.text)
-                ));
-            }
-            (_, Some(say)) => {
-                self.refused += 1;
-                self.out.notice(&format!(
-                    "The server refused the message '{}': {}",
-                    display::printable(&say.text),
-                    display::printable(message)
-                ));
-            }
-            (_, None) => self
+        match self.queue.on_error(code, Instant::now()) {
+            Refusal::WillRetry => {}
+            Refusal::Refused(text) => self.out.notice(&format!(
+                "The server refused the message '{}': {}",
+                printable(&text),
+                printable(message)
+            )),
+            Refusal::Other => self
                 .out
-                .notice(&format!("Server error: {}", display::printable(message))),
+                .notice(&format!("Server error: {}", printable(message))),
         }
     }
 
-    /// The connection dropped: say so and plan a reconnection. Says in flight go back
-    /// to the front of the queue.
+    /// The connection dropped: say so and plan a reconnection.
     fn on_lost(&mut self, why: &str) -> Option<Outcome> {
+        self.on_lost_because(&format!("Lost the connection to {} ({why})", self.server))
+    }
+
+    /// [`Session::on_lost`] with the whole reason as a sentence. Says in flight go
+    /// back to the front of the queue.
+    fn on_lost_because(&mut self, sentence: &str) -> Option<Outcome> {
         self.conn = None;
         self.ping_sent = None;
+        let delay = self.backoff.lost(Instant::now());
         self.out.notice(&format!(
-            "Lost the connection to {} ({why}); reconnecting...",
-            self.server
+            "{sentence}; reconnecting in {} s.",
+            delay.as_secs()
         ));
-        let unconfirmed = self.in_flight.len();
-        while let Some(say) = self.in_flight.pop_back() {
-            self.pending.push_front(Outgoing::Say(say.text));
-        }
-        self.maybe_delivered = unconfirmed;
-        self.reconnect_attempts = 0;
-        self.reconnect_at = Instant::now() + RECONNECT_FIRST_DELAY;
-        None
-    }
-
-    /// One reconnection attempt: connect, wait for the greeting, resume with the
-    /// token. On failure, schedules the next attempt with a doubled delay, or gives up.
-    async fn reconnect(&mut self) -> Option<Outcome> {
-        let Some(token) = self.tokens.token().map(str::to_string) else {
-            return Some(Outcome::Failed(
-                "the connection was lost and there is no session token to resume with; start echochat again to log in".into(),
-            ));
-        };
-        let error = match self.try_resume(&token).await {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                self.reconnect_attempts = 0;
-                self.last_sent = Instant::now();
-                self.out.notice(&format!("Reconnected to {}.", self.server));
-                return None;
-            }
-            Err(ResumeError::Ended(ended)) => return Some(Outcome::Ended(ended)),
-            Err(ResumeError::Refused(code)) if code != AuthErrorCode::RateLimited => {
-                if code == AuthErrorCode::InvalidToken {
-                    if let Err(e) = self.tokens.forget() {
-                        self.out.notice(&format!("warning: {e}"));
-                    }
-                }
-                return Some(Outcome::Failed(format!(
-                    "could not resume the session: {} Start echochat again to log in.",
-                    auth_error_sentence(code, &self.name)
-                )));
-            }
-            Err(ResumeError::Refused(code)) => auth_error_sentence(code, &self.name),
-            Err(ResumeError::Connection(e)) => e.to_string(),
-        };
-        self.reconnect_attempts += 1;
-        if self
-            .policy
-            .max_reconnects
-            .is_some_and(|max| self.reconnect_attempts >= max)
-        {
-            return Some(Outcome::Failed(format!(
-                "could not reconnect to {}: {error}",
-                self.server
-            )));
-        }
-        let delay = RECONNECT_FIRST_DELAY
-            .saturating_mul(1 << self.reconnect_attempts.min(8))
-            .min(RECONNECT_MAX_DELAY);
-        self.out.notice(&format!(
-            "Reconnection failed ({error}); next try in {} s.",
-            delay.as_secs().max(1)
-        ));
+        self.queue.requeue_in_flight();
         self.reconnect_at = Instant::now() + delay;
         None
     }
 
-    async fn try_resume(&mut self, token: &str) -> Result<Connection, ResumeError> {
-        let mut conn = Connection::connect(&self.server).await?;
-        conn.welcome(Some(RECONNECT_WELCOME_TIMEOUT)).await?;
-        let request = ClientMessage::Resume {
-            token: token.to_string(),
+    /// One reconnection attempt ([`reconnect::attempt`]). On failure, schedules the
+    /// next one after the backoff, or gives up.
+    async fn reconnect(&mut self) -> Option<Outcome> {
+        let attempts = self.backoff.attempt();
+        let rules = reconnect::Rules {
+            shutdown_is_temporary: self.policy.reconnect_after_shutdown,
+            bad_frame_is_fatal: self.policy.fail_on_bad_frame,
         };
-        match conn.authenticate(&request).await? {
-            AuthReply::Accepted { name, token, .. } => {
-                if let Err(e) = self.tokens.save(&token) {
-                    self.out.notice(&format!("warning: {e}"));
-                }
+        let why = match reconnect::attempt(&self.server, &mut self.tokens, &self.name, rules).await
+        {
+            Attempt::Resumed(conn, name) => {
+                self.conn = Some(conn);
                 self.name = name;
-                Ok(conn)
+                self.backoff.connected(Instant::now());
+                self.last_sent = Instant::now();
+                self.out.notice(&format!("Reconnected to {}.", self.server));
+                return None;
             }
-            AuthReply::Refused { code, .. } => Err(ResumeError::Refused(code)),
+            Attempt::Ended(ended) => return Some(Outcome::Ended(ended)),
+            Attempt::GiveUp(why) => return Some(Outcome::Failed(why)),
+            Attempt::Retry(why) => why,
+        };
+        if self
+            .policy
+            .max_reconnects
+            .is_some_and(|max| attempts >= max)
+        {
+            return Some(Outcome::Failed(format!(
+                "could not reconnect to {}: {why}",
+                self.server
+            )));
         }
-    }
-}
-
-/// Why a reconnection did not resume the session.
-enum ResumeError {
-    Connection(ConnectionError),
-    Refused(AuthErrorCode),
-    Ended(Ended),
-}
-
-impl From<ConnectionError> for ResumeError {
-    fn from(e: ConnectionError) -> Self {
-        match e {
-            ConnectionError::Ended(ended) => ResumeError::Ended(ended),
-            other => ResumeError::Connection(other),
-        }
+        let delay = self.backoff.delay();
+        self.out.notice(&format!(
+            "Reconnection failed ({why}); next try in {} s.",
+            delay.as_secs()
+        ));
+        self.reconnect_at = Instant::now() + delay;
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{encode_frame, FrameCodec};
-    use bytes::Bytes;
-    use futures_util::{SinkExt, StreamExt};
-    use std::sync::{Arc, Mutex};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::codec::Framed;
+    use crate::client::fake_server::{self, FakeServer, Recorder};
 
-    /// Collects what the session shows.
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<String>>>);
-
-    impl Output for Recorder {
-        fn chat(&mut self, line: &str) {
-            self.0.lock().unwrap().push(line.to_string());
-        }
-        fn notice(&mut self, line: &str) {
-            self.0.lock().unwrap().push(format!("notice: {line}"));
-        }
-    }
-
-    /// The server's end of a connection, speaking raw protocol messages.
-    struct FakeServer(Framed<TcpStream, FrameCodec>);
-
-    impl FakeServer {
-        async fn send(&mut self, message: ServerMessage) {
-            self.0.send(encode_frame(&message).unwrap()).await.unwrap();
-        }
-
-        /// The next request, or `None` if none comes within `limit`.
-        async fn recv_within(&mut self, limit: Duration) -> Option<ClientMessage> {
-            let frame: Bytes = tokio::time::timeout(limit, self.0.next())
-                .await
-                .ok()??
-                .ok()?;
-            Some(ClientMessage::parse(&frame).unwrap())
-        }
-
-        async fn recv(&mut self) -> ClientMessage {
-            self.recv_within(Duration::from_secs(10))
-                .await
-                .expect("a request from the client")
-        }
-    }
-
-    fn policy(window: Option<usize>, ping_interval: Duration) -> Policy {
+    fn policy(window: usize, ping_interval: Duration) -> Policy {
         Policy {
             window,
-            retry_rate_limited: window.is_some(),
             max_reconnects: Some(1),
             ack_timeout: Duration::from_secs(10),
             fail_on_ack_timeout: true,
             ping_interval,
+            reconnect_after_shutdown: false,
+            fail_on_bad_frame: true,
         }
     }
 
@@ -754,16 +516,8 @@ mod tests {
         mpsc::Receiver<String>,
         Recorder,
     ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = ServerAddr {
-            host: "127.0.0.1".into(),
-            port,
-        };
-        let conn = Connection::connect(&server).await.unwrap();
-        let (socket, _) = listener.accept().await.unwrap();
-        let fake = FakeServer(Framed::new(socket, FrameCodec::new(1 << 20)));
-        let (tokens, _) = TokenStore::open(None, server.token_key());
+        let (conn, fake, server) = fake_server::pair().await;
+        let tokens = TokenStore::in_memory(&server.token_key());
         let out = Recorder::default();
         let session = Session::new(conn, server, tokens, "me".into(), out.clone(), policy);
         let (tx, rx) = mpsc::channel(16);
@@ -781,8 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn says_go_one_at_a_time_and_quit_waits_for_the_last_echo() {
-        let (mut session, mut server, tx, mut rx, out) =
-            session(policy(Some(1), PING_INTERVAL)).await;
+        let (mut session, mut server, tx, mut rx, out) = session(policy(1, PING_INTERVAL)).await;
         let client = tokio::spawn(async move { (session.run(&mut rx).await, session) });
         for line in ["one", "two"] {
             tx.send(line.into()).await.unwrap();
@@ -822,37 +575,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rate_limited_say_is_resent_in_scripted_mode() {
-        let (mut session, mut server, tx, mut rx, _out) =
-            session(policy(Some(1), PING_INTERVAL)).await;
-        let client = tokio::spawn(async move { session.run(&mut rx).await });
-        tx.send("again".into()).await.unwrap();
-        drop(tx);
-        assert_eq!(
-            server.recv().await,
-            ClientMessage::Say {
-                text: "again".into()
-            }
-        );
-        server
-            .send(ServerMessage::error(ErrorCode::RateLimited, "slow down"))
-            .await;
-        assert_eq!(
-            server.recv().await,
-            ClientMessage::Say {
-                text: "again".into()
-            }
-        );
-        server.send(echo(1, "again")).await;
-        assert_eq!(server.recv().await, ClientMessage::Quit);
-        drop(server);
-        assert_eq!(client.await.unwrap(), Outcome::Quit);
-    }
-
-    #[tokio::test]
     async fn a_quiet_session_pings_and_a_silent_server_counts_as_gone() {
         let (mut session, mut server, _tx, mut rx, out) =
-            session(policy(None, Duration::from_millis(200))).await;
+            session(policy(4, Duration::from_millis(200))).await;
         let client = tokio::spawn(async move { session.run(&mut rx).await });
         assert_eq!(server.recv().await, ClientMessage::Ping);
         server.send(ServerMessage::Pong).await;
@@ -881,8 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn kicked_ends_the_session() {
-        let (mut session, mut server, _tx, mut rx, _out) =
-            session(policy(None, PING_INTERVAL)).await;
+        let (mut session, mut server, _tx, mut rx, _out) = session(policy(4, PING_INTERVAL)).await;
         let client = tokio::spawn(async move { session.run(&mut rx).await });
         server
             .send(ServerMessage::Kicked {
@@ -892,31 +616,6 @@ mod tests {
         assert_eq!(
             client.await.unwrap(),
             Outcome::Ended(Ended::Kicked("bye".into()))
-        );
-    }
-
-    #[test]
-    fn lines_become_inputs() {
-        assert_eq!(parse_input("hello"), Input::Say("hello".into()));
-        assert_eq!(parse_input("  spaced  "), Input::Say("  spaced  ".into()));
-        assert_eq!(parse_input(""), Input::Nothing);
-        assert_eq!(parse_input("   "), Input::Nothing);
-        assert_eq!(parse_input("/who"), Input::Who);
-        assert_eq!(parse_input("/WHO now"), Input::Who);
-        assert_eq!(parse_input("/quit"), Input::Quit);
-        assert_eq!(parse_input("/logout"), Input::Logout);
-        assert_eq!(parse_input("/help"), Input::Help);
-        assert_eq!(parse_input("/dance"), Input::Unknown("dance".into()));
-        assert_eq!(parse_input("/"), Input::Unknown(String::new()));
-        assert_eq!(parse_input("//who"), Input::Say("/who".into()));
-        assert_eq!(parse_input("hi\r\n"), Input::Say("hi".into()));
-        assert_eq!(
-            parse_input(&"x".repeat(MAX_TEXT_CHARS)),
-            Input::Say("x".repeat(MAX_TEXT_CHARS))
-        );
-        assert_eq!(
-            parse_input(&"é".repeat(MAX_TEXT_CHARS + 1)),
-            Input::TooLong(MAX_TEXT_CHARS + 1)
         );
     }
 }

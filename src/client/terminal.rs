@@ -1,37 +1,27 @@
 //! Terminal mode: a person at the keyboard.
 //!
-//! Before the chat it asks, on stderr, for what the command line left out (host, port),
-//! then logs in: with the saved token if the server still takes it, otherwise by name
-//! and password, the password read with echo off, offering to register a name the
-//! server does not know. Every refusal gets a sentence and another try. The chat then
-//! runs [`Session`] with lines from a rustyline editor on its own thread; what arrives
-//! is printed through rustyline's external printer, above the line being typed.
+//! Before the chat it asks, on stderr, for what the command line left out (host, port,
+//! in the terminal's own line mode), then takes the terminal over ([`Ui`]) and logs in
+//! ([`login`]): with the saved token of the account if the server still takes it,
+//! otherwise by name and password, the password typed unseen, offering to register a
+//! name the server does not know. Every refusal gets a sentence and another try of
+//! just the field that was wrong. The chat then runs [`Session`] with the lines the
+//! editor hands over; what arrives is printed above the line being typed.
 
-use std::io::{self, IsTerminal, Write};
+use std::io;
 use std::time::Duration;
 
-use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
-use tokio::sync::{mpsc, oneshot};
-
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
-use super::connection::{AuthReply, Connection, ConnectionError, Welcome};
-use super::display::{auth_error_sentence, printable};
-use super::prompt::{self, Secret};
-use super::session::{parse_input, Input, Outcome, Output, Policy, Session, PING_INTERVAL};
-use super::tokens::{self, TokenStore};
-use super::Exit;
-use crate::protocol::{AuthErrorCode, ClientMessage};
-
-/// After this long without a greeting, tell the user why nothing happens.
-const WELCOME_PATIENCE: Duration = Duration::from_secs(2);
+use super::display::printable;
+use super::login::{self, Credentials, How, Link, LoggedIn};
+use super::prompt;
+use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
+use super::tokens::TokenStore;
+use super::tty::{Answer, SavedTerminal, Ui};
+use super::{Exit, Notify};
 
 /// A person reads the echo of their message; if it does not come, say so after this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Lines typed ahead of the session. Large, so the editor thread never waits on a full
-/// channel while the session waits on the editor to print.
-const LINE_BUFFER: usize = 4096;
 
 /// Exit code after Ctrl-C at a prompt, as shells report a SIGINT death.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -40,8 +30,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 pub async fn run(args: Args) -> Exit {
     let saved = SavedTerminal::capture();
     let exit = run_inner(args).await;
-    // The editor thread may still be blocked in raw mode (the server ended the chat):
-    // give the terminal back as we found it.
+    // Whatever happened, give the terminal back as we found it.
     if let Some(saved) = saved {
         saved.restore();
     }
@@ -53,33 +42,53 @@ async fn run_inner(args: Args) -> Exit {
         Ok(server) => server,
         Err(e) => return Exit::failure(format!("cannot read the terminal: {e}")),
     };
-    let token_path = args.token_file.clone().or_else(tokens::default_path);
-    if token_path.is_none() {
-        say("No data folder found: session tokens will not be remembered (see --token-file).");
-    }
-    let (mut tokens, warning) = TokenStore::open(token_path, server.token_key());
-    if let Some(warning) = warning {
-        say(&format!("Warning: {warning}"));
-    }
-    let (conn, name) = match log_in(&server, &mut tokens, args.name.clone()).await {
-        Ok(logged_in) => logged_in,
+    let (ui, mut interrupts) = match Ui::start() {
+        Ok(started) => started,
+        Err(e) => return Exit::failure(format!("cannot use the terminal: {e}")),
+    };
+    let exit = tokio::select! {
+        exit = converse(&ui, &args, server) => exit,
+        Some(()) = interrupts.recv() => interrupted(),
+    };
+    ui.close().await;
+    exit
+}
+
+/// Logs in, then chats.
+async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
+    let mut tokens =
+        TokenStore::for_server(args.token_file.clone(), server.token_key(), notify(ui));
+    let mut link = match Link::open(&server, notify(ui)).await {
+        Ok(link) => link,
         Err(exit) => return exit,
     };
-    chat(conn, server, tokens, name).await
+    let mut prompts = Prompts { ui: ui.clone() };
+    let logged_in =
+        match login::log_in(&mut link, &mut tokens, args.name.as_deref(), &mut prompts).await {
+            Ok(logged_in) => logged_in,
+            Err(exit) => return exit,
+        };
+    greet(ui, &logged_in, args.name.is_some());
+    chat(ui, logged_in, server, tokens).await
 }
 
-/// A line for the person on stderr, outside the chat (prompts live there too).
-fn say(line: &str) {
-    let _ = writeln!(io::stderr().lock(), "{line}");
+/// Notices for the login and the token file: printed above the prompt.
+fn notify(ui: &Ui) -> Notify {
+    let ui = ui.clone();
+    Box::new(move |line: &str| ui.print(line))
 }
 
-/// Runs a blocking prompt off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
+/// The first words after logging in.
+fn greet(ui: &Ui, logged_in: &LoggedIn, named: bool) {
+    let name = printable(&logged_in.name);
+    ui.print(match logged_in.how {
+        How::Resumed if named => format!("Welcome back, {name}."),
+        How::Resumed => {
+            format!("Welcome back, {name}. (Someone else? Start echochat with --name NAME.)")
+        }
+        How::LoggedIn => format!("Logged in as {name}."),
+        How::Registered => format!("Welcome, {name}! Your account is ready."),
+    });
 }
 
 /// Host and port from the command line, or asked for.
@@ -101,230 +110,128 @@ async fn ask_server(args: &Args) -> io::Result<ServerAddr> {
     Ok(ServerAddr { host, port })
 }
 
-/// Connects and waits for the greeting, explaining a wait (a paused server).
-async fn connect(server: &ServerAddr) -> Result<(Connection, Welcome), Exit> {
-    let mut conn = Connection::connect(server)
+/// Runs a blocking prompt off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Exit::failure(e.to_string()))?;
-    let welcome = match tokio::time::timeout(WELCOME_PATIENCE, conn.welcome(None)).await {
-        Ok(welcome) => welcome,
-        Err(_) => {
-            say(&format!(
-                "Connected to {server}; waiting for the server to let us in (it may be paused)..."
-            ));
-            conn.welcome(None).await
-        }
-    };
-    match welcome {
-        Ok(welcome) => Ok((conn, welcome)),
-        Err(ConnectionError::Ended(ended)) => Err(Exit::success_with(ended.to_string())),
-        Err(e) => Err(Exit::failure(e.to_string())),
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+fn interrupted() -> Exit {
+    Exit {
+        code: EXIT_INTERRUPTED,
+        message: None,
     }
 }
 
-/// Sends an authentication request; if the connection dropped meanwhile (the server
-/// closes connections that take too long to log in), reconnects and asks again once.
-async fn authenticate(
-    conn: &mut Connection,
-    server: &ServerAddr,
-    request: &ClientMessage,
-) -> Result<AuthReply, Exit> {
-    match conn.authenticate(request).await {
-        Ok(reply) => return Ok(reply),
-        Err(ConnectionError::Ended(ended)) => return Err(Exit::success_with(ended.to_string())),
-        // The server answered, but could not do it (`internal`: a full disk, say).
-        Err(e @ ConnectionError::Refused(_)) => return Err(Exit::failure(e.to_string())),
-        Err(e) => say(&format!("The connection was lost ({e}); reconnecting...")),
-    }
-    *conn = connect(server).await?.0;
-    match conn.authenticate(request).await {
-        Ok(reply) => Ok(reply),
-        Err(ConnectionError::Ended(ended)) => Err(Exit::success_with(ended.to_string())),
-        Err(e) => Err(Exit::failure(e.to_string())),
-    }
+/// Ctrl-D at a question: the person is leaving, and is told so.
+fn left_at_a_question() -> Exit {
+    Exit::success_with("leaving without logging in.")
 }
 
-/// Logs in, asking as much as needed. Returns the connection and our name.
-async fn log_in(
-    server: &ServerAddr,
-    tokens: &mut TokenStore,
-    fixed_name: Option<String>,
-) -> Result<(Connection, String), Exit> {
-    let (mut conn, welcome) = connect(server).await?;
+/// Credentials asked of a person.
+struct Prompts {
+    ui: Ui,
+}
 
-    if let Some(token) = tokens.token().map(str::to_string) {
-        match authenticate(&mut conn, server, &ClientMessage::Resume { token }).await? {
-            AuthReply::Accepted { name, token, .. } => {
-                save(tokens, &token);
-                say(&format!("Welcome back, {}.", printable(&name)));
-                return Ok((conn, name));
-            }
-            AuthReply::Refused { code, .. } => {
-                if code == AuthErrorCode::InvalidToken {
-                    if let Err(e) = tokens.forget() {
-                        say(&format!("Warning: {e}"));
-                    }
-                }
-                say(&auth_error_sentence(
-                    code,
-                    fixed_name.as_deref().unwrap_or(""),
-                ));
-            }
+impl Prompts {
+    /// Asks until there is an answer; Ctrl-D and Ctrl-C end the run.
+    async fn ask(&self, label: &str, hidden: bool) -> Result<String, Exit> {
+        match self.ui.ask(label, hidden).await {
+            Answer::Line(line) => Ok(line),
+            Answer::EndOfInput => Err(left_at_a_question()),
+            Answer::Interrupted => Err(interrupted()),
         }
     }
 
-    let known = welcome.known_name;
-    let mut last_name: Option<String> = None;
-    loop {
-        let name = match (&fixed_name, &known, &last_name) {
-            (Some(name), _, _) => name.clone(),
-            (None, Some(known), None) => {
-                say(&format!("Welcome back, {}.", printable(known)));
-                known.clone()
+    async fn yes_no(&self, question: &str, default: bool) -> Result<bool, Exit> {
+        let hint = if default { "[Y/n]" } else { "[y/N]" };
+        loop {
+            let answer = self.ask(&format!("{question} {hint} "), false).await?;
+            match answer.trim().to_lowercase().as_str() {
+                "" => return Ok(default),
+                "y" | "yes" => return Ok(true),
+                "n" | "no" => return Ok(false),
+                _ => self.ui.print("Please answer y or n."),
             }
-            (None, known, last) => {
-                let default = last.clone().or_else(|| known.clone());
-                let asked = blocking(move || {
-                    prompt::ask_name(
-                        &mut io::stdin().lock(),
-                        &mut io::stderr(),
-                        default.as_deref(),
-                    )
-                })
-                .await;
-                match asked {
-                    Ok(Some(name)) => name,
-                    Ok(None) => return Err(Exit::success()),
-                    Err(e) => return Err(Exit::failure(format!("cannot read the terminal: {e}"))),
-                }
-            }
-        };
-        last_name = Some(name.clone());
-
-        let password = ask_secret("Password: ").await?;
-        let login = ClientMessage::Login {
-            name: name.clone(),
-            password,
-        };
-        let code = match authenticate(&mut conn, server, &login).await? {
-            AuthReply::Accepted { name, token, .. } => {
-                save(tokens, &token);
-                say(&format!("Logged in as {}.", printable(&name)));
-                return Ok((conn, name));
-            }
-            AuthReply::Refused {
-                code: AuthErrorCode::UnknownUser,
-                ..
-            } => match register(&mut conn, server, &name).await? {
-                Some(AuthReply::Accepted { name, token, .. }) => {
-                    save(tokens, &token);
-                    say(&format!(
-                        "Welcome, {}! Your account is ready.",
-                        printable(&name)
-                    ));
-                    return Ok((conn, name));
-                }
-                Some(AuthReply::Refused { code, .. }) => code,
-                None => continue,
-            },
-            AuthReply::Refused { code, .. } => code,
-        };
-        say(&auth_error_sentence(code, &name));
-        if fixed_name.is_some()
-            && matches!(code, AuthErrorCode::InvalidName | AuthErrorCode::NameTaken)
-        {
-            return Err(Exit::failure("the name given with --name cannot be used"));
         }
     }
 }
 
-/// Offers to register `name`; `None` if the user declines.
-async fn register(
-    conn: &mut Connection,
-    server: &ServerAddr,
-    name: &str,
-) -> Result<Option<AuthReply>, Exit> {
-    let question = format!(
-        "There is no account named '{}'. Register it?",
-        printable(name)
-    );
-    let yes = blocking(move || {
-        prompt::ask_yes_no(&mut io::stdin().lock(), &mut io::stderr(), &question, true)
-    })
-    .await
-    .map_err(|e| Exit::failure(format!("cannot read the terminal: {e}")))?;
-    if !yes {
-        return Ok(None);
-    }
-    let password = loop {
-        let first = ask_secret("Choose a password: ").await?;
-        let second = ask_secret("Repeat the password: ").await?;
-        if first == second {
-            break first;
+impl Credentials for Prompts {
+    async fn name(&mut self, suggested: Option<&str>) -> Result<String, Exit> {
+        loop {
+            let label = match suggested {
+                Some(name) => format!("Name [{}]: ", printable(name)),
+                None => "Name: ".to_string(),
+            };
+            let typed = self.ask(&label, false).await?;
+            let typed = typed.trim();
+            if !typed.is_empty() {
+                return Ok(typed.to_string());
+            }
+            if let Some(name) = suggested {
+                return Ok(name.to_string());
+            }
+            self.ui
+                .print("A name is needed to log in (Ctrl-D to leave).");
         }
-        say("The two passwords differ; try again.");
-    };
-    let request = ClientMessage::Register {
-        name: name.to_string(),
-        password,
-    };
-    authenticate(conn, server, &request).await.map(Some)
-}
+    }
 
-/// Asks for a password with echo off. Ctrl-D gives up, Ctrl-C interrupts.
-async fn ask_secret(label: &'static str) -> Result<String, Exit> {
-    let secret = blocking(move || {
-        let mut err = io::stderr();
-        write!(err, "{label}")?;
-        err.flush()?;
-        let secret = {
-            let _raw = RawInput::enable()?;
-            prompt::read_secret(&mut io::stdin().lock())
-        };
-        writeln!(err)?;
-        secret
-    })
-    .await;
-    match secret {
-        Ok(Secret::Entered(password)) => Ok(password),
-        Ok(Secret::Eof) => Err(Exit::success()),
-        Ok(Secret::Interrupted) => Err(Exit {
-            code: EXIT_INTERRUPTED,
-            message: None,
-        }),
-        Err(e) => Err(Exit::failure(format!("cannot read the terminal: {e}"))),
+    async fn password(&mut self, _name: &str) -> Result<String, Exit> {
+        self.ask("Password: ", true).await
+    }
+
+    async fn new_account(&mut self, name: &str, _typed: &str) -> Result<Option<String>, Exit> {
+        let question = format!(
+            "There is no account named '{}'. Register it?",
+            printable(name)
+        );
+        if !self.yes_no(&question, true).await? {
+            return Ok(None);
+        }
+        loop {
+            let first = self.ask("Choose a password: ", true).await?;
+            if let Some(problem) = login::password_problem(&first) {
+                self.ui.print(problem);
+                continue;
+            }
+            let second = self.ask("Repeat the password: ", true).await?;
+            if first == second {
+                return Ok(Some(first));
+            }
+            self.ui.print("The two passwords differ; try again.");
+        }
+    }
+
+    fn refused(&mut self, sentence: &str) -> Result<(), Exit> {
+        self.ui.print(sentence);
+        Ok(())
     }
 }
 
-/// Remembers a fresh token; failing to write the file is worth a warning only.
-fn save(tokens: &mut TokenStore, token: &str) {
-    if let Err(e) = tokens.save(token) {
-        say(&format!("Warning: {e}"));
-    }
-}
-
-/// The chat: an editor thread feeds typed lines to the session; the session prints
-/// through the editor's external printer.
-async fn chat(conn: Connection, server: ServerAddr, tokens: TokenStore, name: String) -> Exit {
-    let (lines_tx, mut lines) = mpsc::channel(LINE_BUFFER);
-    let (printer_tx, printer_rx) = oneshot::channel();
-    let prompt = format!("{}> ", printable(&name));
-    let signal_tx = lines_tx.clone();
-    say("Type a message and press Enter; /help lists the commands.");
-    std::thread::spawn(move || read_lines(prompt, lines_tx, printer_tx));
-    let printer = printer_rx.await.ok().flatten();
-    spawn_signal_watch(signal_tx);
-
-    let out = TerminalOutput { printer };
+/// The chat: the editor hands typed lines to the session, the session prints through
+/// the terminal task.
+async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenStore) -> Exit {
+    ui.print("Type a message and press Enter; /help lists the commands.");
+    // Keys typed while a saved token logged us in, with no question asked, may be
+    // a name and password typed blindly: they are dropped, not sent.
+    let asked = logged_in.how != How::Resumed;
+    let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)), asked);
+    spawn_signal_watch(ui.clone());
     let policy = Policy {
-        window: None,
-        retry_rate_limited: false,
+        window: 1,
         max_reconnects: None,
         ack_timeout: ACK_TIMEOUT,
         fail_on_ack_timeout: false,
         ping_interval: PING_INTERVAL,
+        reconnect_after_shutdown: true,
+        fail_on_bad_frame: false,
     };
-    let mut session = Session::new(conn, server, tokens, name, out, policy);
+    let out = TerminalOutput { ui: ui.clone() };
+    let mut session = Session::new(logged_in.conn, server, tokens, logged_in.name, out, policy);
     match session.run(&mut lines).await {
         Outcome::Quit => Exit::success(),
         Outcome::LoggedOut => {
@@ -335,50 +242,9 @@ async fn chat(conn: Connection, server: ServerAddr, tokens: TokenStore, name: St
     }
 }
 
-/// The editor thread: reads lines with rustyline until `/quit`, `/logout`, Ctrl-D
-/// (end of input) or Ctrl-C (quit). Hands its external printer over first.
-fn read_lines(
-    prompt: String,
-    lines: mpsc::Sender<String>,
-    printer_tx: oneshot::Sender<Option<Box<dyn ExternalPrinter + Send>>>,
-) {
-    let mut editor = match DefaultEditor::new() {
-        Ok(editor) => editor,
-        Err(e) => {
-            let _ = printer_tx.send(None);
-            say(&format!("Cannot start the line editor: {e}"));
-            return;
-        }
-    };
-    let printer = editor
-        .create_external_printer()
-        .ok()
-        .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
-    let _ = printer_tx.send(printer);
-    loop {
-        match editor.readline(&prompt) {
-            Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                }
-                let last = matches!(parse_input(&line), Input::Quit | Input::Logout);
-                if lines.blocking_send(line).is_err() || last {
-                    return;
-                }
-            }
-            Err(ReadlineError::Interrupted) => {
-                let _ = lines.blocking_send("/quit".to_string());
-                return;
-            }
-            // Ctrl-D, or the terminal went away: dropping the sender is end of input.
-            Err(_) => return,
-        }
-    }
-}
-
 /// SIGTERM and SIGHUP (the terminal closed) end the chat like `/quit`, so the terminal
 /// is restored and the server hears a proper goodbye.
-fn spawn_signal_watch(lines: mpsc::Sender<String>) {
+fn spawn_signal_watch(ui: Ui) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut hup)) = (
@@ -391,76 +257,21 @@ fn spawn_signal_watch(lines: mpsc::Sender<String>) {
             _ = term.recv() => {}
             _ = hup.recv() => {}
         }
-        let _ = lines.send("/quit".to_string()).await;
+        ui.end_chat();
     });
 }
 
-/// Prints above the line being edited, or plainly when there is no editor.
+/// Prints above the line being edited.
 struct TerminalOutput {
-    printer: Option<Box<dyn ExternalPrinter + Send>>,
+    ui: Ui,
 }
 
 impl Output for TerminalOutput {
     fn chat(&mut self, line: &str) {
-        let printed = match &mut self.printer {
-            Some(printer) => printer.print(format!("{line}\n")).is_ok(),
-            None => false,
-        };
-        if !printed {
-            let _ = writeln!(io::stdout().lock(), "{line}");
-        }
+        self.ui.print(line);
     }
 
     fn notice(&mut self, line: &str) {
-        self.chat(line);
-    }
-}
-
-/// The terminal settings at start, put back at the end whatever happened between.
-struct SavedTerminal(libc::termios);
-
-impl SavedTerminal {
-    fn capture() -> Option<SavedTerminal> {
-        // SAFETY: tcgetattr writes only into the termios we own.
-        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-        (unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } == 0)
-            .then_some(SavedTerminal(termios))
-    }
-
-    fn restore(&self) {
-        // SAFETY: tcsetattr only reads the termios we pass.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0) };
-        if io::stdout().is_terminal() {
-            // Bracketed paste is on while rustyline edits; move off its prompt line too.
-            let mut stdout = io::stdout().lock();
-            let _ = write!(stdout, "\x1b[?2004l\r\x1b[K");
-            let _ = stdout.flush();
-        }
-    }
-}
-
-/// Raw input for a password prompt: no echo, no kernel line editing, no signals (Ctrl-C
-/// arrives as a byte, so the settings are always restored). Restored on drop.
-struct RawInput(SavedTerminal);
-
-impl RawInput {
-    fn enable() -> io::Result<RawInput> {
-        let saved = SavedTerminal::capture().ok_or_else(io::Error::last_os_error)?;
-        let mut raw = saved.0;
-        raw.c_lflag &= !(libc::ECHO | libc::ICANON | libc::ISIG | libc::IEXTEN);
-        raw.c_cc[libc::VMIN] = 1;
-        raw.c_cc[libc::VTIME] = 0;
-        // SAFETY: tcsetattr only reads the termios we pass.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RawInput(saved))
-    }
-}
-
-impl Drop for RawInput {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &(self.0).0) };
+        self.ui.print(line);
     }
 }
