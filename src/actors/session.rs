@@ -229,8 +229,8 @@ impl Session {
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
             ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
-            (Stage::User(_), ClientMessage::Say { text }) => self.post_message(text, ctx),
-            (Stage::User(_), ClientMessage::Who) => self.server.do_send(Who { id: self.id }),
+            (Stage::User(_), ClientMessage::Say { text, .. }) => self.post_message(text, ctx),
+            (Stage::User(_), ClientMessage::Who { .. }) => self.server.do_send(Who { id: self.id }),
             (Stage::User(_), ClientMessage::Logout) => {
                 self.server
                     .send(Logout { id: self.id })
@@ -239,6 +239,15 @@ impl Session {
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
+            (
+                Stage::User(_),
+                ClientMessage::Join { .. }
+                | ClientMessage::Part { .. }
+                | ClientMessage::Rooms
+                | ClientMessage::History { .. }
+                | ClientMessage::ChangePassword { .. }
+                | ClientMessage::DeleteAccount { .. },
+            ) => self.reply_error(ErrorCode::BadRequest, "not supported yet"),
         }
     }
 

@@ -363,6 +363,8 @@ impl ChatServer {
             AuthErrorCode::RateLimited => {
                 "too many attempts; wait a while and try again".to_string()
             }
+            AuthErrorCode::Banned => "this account is banned".to_string(),
+            AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
         };
         if code == AuthErrorCode::RateLimited {
             log_noise!(
