@@ -11,6 +11,7 @@ pub mod logging;
 pub mod outbound;
 mod start;
 pub mod store;
+pub mod transport;
 
 pub use start::{run, StartError};
 
