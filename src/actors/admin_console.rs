@@ -13,8 +13,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::chat_server::{
-    ChatServer, ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, ResumeGreeting,
-    Shutdown, Status,
+    ChatServer, ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, PostInRoom,
+    ResumeGreeting, RoomsSummary, Shutdown, Status,
 };
 use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
@@ -121,6 +121,32 @@ impl AdminConsole {
             }
             Command::Announce(text) => {
                 self.answer(ctx, self.server.send(PostAsServer { text }), |id| match id {
+                    Ok(id) => format!("sent message #{id}"),
+                    Err(err) => format!("not sent: {err}"),
+                })
+            }
+            Command::Rooms => self.answer(ctx, self.server.send(RoomsSummary), |rooms| {
+                rooms
+                    .iter()
+                    .map(|room| {
+                        let online = if room.online.is_empty() {
+                            "nobody online".to_string()
+                        } else {
+                            let names: Vec<String> =
+                                room.online.iter().map(|n| escape(n).into_owned()).collect();
+                            format!("online: {}", names.join(", "))
+                        };
+                        format!(
+                            "{} ({}; {online})",
+                            escape(&room.name),
+                            plural(room.members, "member", "members")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            Command::AnnounceIn { room, text } => {
+                self.answer(ctx, self.server.send(PostInRoom { room, text }), |id| match id {
                     Ok(id) => format!("sent message #{id}"),
                     Err(err) => format!("not sent: {err}"),
                 })

@@ -70,6 +70,10 @@ pub struct Account {
     pub password_hash: String,
     /// Unix milliseconds of registration.
     pub created_ms: u64,
+    /// The first message id this account may see of direct messages: a name registered
+    /// again (after deletion or `clear-ids`) does not see the earlier account's.
+    #[serde(default)]
+    pub since_id: u64,
 }
 
 /// What is kept of an issued token.
@@ -353,6 +357,7 @@ mod tests {
                 name: name.to_string(),
                 password_hash: "hash".into(),
                 created_ms: 0,
+                since_id: 0,
             },
         }
     }

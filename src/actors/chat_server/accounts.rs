@@ -15,7 +15,7 @@ use super::{ChatServer, Lifecycle};
 use crate::auth;
 use crate::log_noise;
 use crate::names::{self, confusable_keys, name_key};
-use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage};
+use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage, LOBBY};
 use crate::server::identity::{Account, IdentityChange};
 use crate::server::logging::Noise;
 use crate::server::outbound::{SessionId, Skip};
@@ -241,6 +241,8 @@ impl ChatServer {
                                 name: name.clone(),
                                 password_hash,
                                 created_ms: unix_ms(),
+                                // Direct messages from here on are this account's.
+                                since_id: act.store.last_id() + 1,
                             };
                             Either::Left(act.save_account(account))
                         }
@@ -321,19 +323,34 @@ impl ChatServer {
         };
         // Logged before anything is sent, so the log never lags what the client saw.
         log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
-        let history = self.history.frame();
+        self.connections.authenticate(id, key, digest);
+        // The history of lobby, then of each of the account's rooms (sorted), then its
+        // direct messages if it has any; and in the same step, every ring, so that no
+        // message falls between a snapshot and its ring, or comes twice.
+        let rooms = self.rooms.rooms_of(key);
+        let mut frames = vec![self.room_history(LOBBY).frame()];
+        for room in &rooms {
+            frames.push(self.room_history(room).frame());
+        }
+        if let Some(direct) = self.direct_history.get_mut(key) {
+            if !direct.is_empty() {
+                frames.push(direct.frame());
+            }
+        }
         let subscription = self.ring.subscribe(Some(key.into()));
-        let Some(peer) = self.connections.get_mut(id) else {
+        let Some(peer) = self.connections.get(id) else {
             return AuthOutcome::Refused;
         };
-        peer.user = Some(key.to_string());
-        peer.token_digest = Some(digest);
         if let Some(frame) = super::encode(&auth_ok) {
             peer.handle.outbox.send(frame);
         }
-        peer.handle.outbox.send(history);
-        // Same step as the history snapshot: no message falls between them or comes twice.
+        for frame in frames {
+            peer.handle.outbox.send(frame);
+        }
         peer.handle.outbox.subscribe(subscription);
+        for room in &rooms {
+            self.subscribe_to_room(id, room, key);
+        }
 
         if self.presence.arrive(key, name) {
             self.broadcast_event(

@@ -8,8 +8,9 @@ use actix::prelude::*;
 
 use super::ChatServer;
 use crate::names::{name_key, SERVER_NAME};
-use crate::protocol::ServerMessage;
+use crate::protocol::{ServerMessage, LOBBY};
 use crate::server::identity::IdentityChange;
+use crate::server::rooms::RoomChange;
 use crate::server::store::StoreError;
 use crate::text::plural;
 
@@ -112,6 +113,17 @@ impl Handler<ClearIdentities> for ChatServer {
         }
         log::warn!("identities cleared by the admin");
         self.identities.apply(&IdentityChange::Clear);
+        // Memberships go with the accounts (rooms and history stay), and so do their
+        // direct messages: a name registered again starts afresh.
+        self.rooms.apply(&RoomChange::ClearMembers);
+        drop(self.store.record_rooms(vec![RoomChange::ClearMembers]));
+        self.direct_history.clear();
+        let rings: Vec<_> = self.room_rings.values().map(|r| r.id()).collect();
+        for (_, peer) in self.connections.iter() {
+            for ring in &rings {
+                peer.handle.outbox.unsubscribe(*ring);
+            }
+        }
         let saved = self
             .store
             .record_identities(vec![IdentityChange::Clear], true);
@@ -142,7 +154,7 @@ impl Handler<Kick> for ChatServer {
             return 0;
         };
         let mut kicked = 0;
-        for peer in self.connections.of_user(&key) {
+        for (_, peer) in self.connections.of_user(&key) {
             peer.handle.outbox.send(frame.clone());
             peer.handle.outbox.close();
             kicked += 1;
@@ -170,6 +182,6 @@ impl Handler<PostAsServer> for ChatServer {
 
     fn handle(&mut self, msg: PostAsServer, _: &mut Self::Context) -> Self::Result {
         log::info!("the admin said something");
-        self.post(SERVER_NAME.to_string(), msg.text)
+        self.post_to_room(SERVER_NAME.to_string(), LOBBY, msg.text)
     }
 }
