@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::protocol::ChatMessage;
+use crate::server::identity::IdentityChange;
 
 use super::layout::{parse_member_key, untoken, Bucket, Scope};
 use super::presence::PresenceChange;
@@ -50,6 +51,46 @@ pub enum StateChange {
         user: String,
         member: Option<MemberRecord>,
     },
+}
+
+impl StateChange {
+    /// The same change as `Identities` applies it, for accounts, tokens and IP
+    /// identifications (`None` for the rest, and for an IP identification removed
+    /// alone: removing an account removes its identifications with it).
+    pub fn identity_change(&self) -> Option<IdentityChange> {
+        match self {
+            StateChange::Account {
+                record: Some(record),
+                ..
+            } => Some(IdentityChange::AddAccount {
+                account: record.account(),
+            }),
+            StateChange::Account { key, record: None } => {
+                Some(IdentityChange::RemoveAccount { key: key.clone() })
+            }
+            StateChange::Token {
+                digest,
+                entry: Some(entry),
+            } => Some(IdentityChange::IssueToken {
+                digest: digest.clone(),
+                record: entry.record(),
+            }),
+            StateChange::Token {
+                digest,
+                entry: None,
+            } => Some(IdentityChange::RevokeToken {
+                digest: digest.clone(),
+            }),
+            StateChange::Ip {
+                ip,
+                name: Some(name),
+            } => Some(IdentityChange::RememberIp {
+                ip: *ip,
+                name: name.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a node hears after start-up, in the order it heard it.
@@ -226,11 +267,25 @@ mod tests {
                 .unwrap(),
         );
         assert!(snapshot.members.contains_key(&("tea".into(), "zoë".into())));
-        snapshot.apply(
-            decode(Bucket::Accounts, &token("zoë"), None)
-                .unwrap()
-                .unwrap(),
+        let issued = decode(
+            Bucket::Tokens,
+            "ab",
+            Some(br#"{"user":"zo","uid":"u","expires_ms":9}"#),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(
+            issued.identity_change(),
+            Some(IdentityChange::IssueToken { ref digest, .. }) if digest == "ab"
+        ));
+        let removal = decode(Bucket::Accounts, &token("zoë"), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            removal.identity_change(),
+            Some(IdentityChange::RemoveAccount { key: "zoë".into() })
         );
+        snapshot.apply(removal);
         assert!(snapshot.accounts.is_empty());
         assert!(decode(Bucket::Meta, "cleared", Some(b"{}"))
             .unwrap()

@@ -153,8 +153,10 @@ pub(super) async fn messages(
                 }
             };
             if let Some(new) = new {
-                if id > known && events.send(ClusterEvent::Message(new)).await.is_err() {
-                    return;
+                if id > known {
+                    // Nobody listening (the receiver dropped): the index is still kept
+                    // current, for history.
+                    events.send(ClusterEvent::Message(new)).await.ok();
                 }
             }
             if id >= known {
@@ -307,10 +309,9 @@ impl StateFollower {
         if self.snapshot.is_some() {
             return Next::Go;
         }
-        match self.events.send(event).await {
-            Ok(()) => Next::Go,
-            Err(_) => Next::Stop,
-        }
+        // Nobody listening (the receiver dropped): presence is still followed.
+        self.events.send(event).await.ok();
+        Next::Go
     }
 
     async fn entry(&mut self, bucket: Bucket, message: &async_nats::jetstream::Message) -> Next {

@@ -23,7 +23,7 @@ pub struct BadClusterName;
 pub enum Bucket {
     /// Name key → account.
     Accounts,
-    /// Look-alike claims: `k.<name key>` and `s.<skeleton>` → the name key that holds it.
+    /// Look-alike claims: `s.<skeleton>` → the account that holds it.
     Names,
     /// Token digest → token record.
     Tokens,
@@ -231,10 +231,11 @@ pub fn parse_member_key(key: &str) -> Option<(String, String)> {
     Some((untoken(room)?, untoken(user)?))
 }
 
-/// The claim keys a name holds in [`Bucket::Names`]: its name key and its look-alike
-/// keys (deduplicated).
-pub fn claim_keys(name_key: &str, confusables: &[String]) -> Vec<String> {
-    let mut keys = vec![format!("k.{}", token(name_key))];
+/// The claim keys a name holds in [`Bucket::Names`]: `s.` and each of its look-alike
+/// keys (deduplicated). The name key itself needs none: the account is created under
+/// it, create-only.
+pub fn claim_keys(confusables: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
     for skeleton in confusables {
         let key = format!("s.{}", token(skeleton));
         if !keys.contains(&key) {
@@ -303,8 +304,8 @@ mod tests {
     fn member_and_claim_keys() {
         let key = member_key("zoë", "bob");
         assert_eq!(parse_member_key(&key), Some(("zoë".into(), "bob".into())));
-        let claims = claim_keys("alice", &["alice".into(), "alice".into()]);
-        assert_eq!(claims, vec!["k.alice".to_string(), "s.alice".to_string()]);
+        let claims = claim_keys(&["alice".into(), "alice".into(), "aiice".into()]);
+        assert_eq!(claims, vec!["s.alice".to_string(), "s.aiice".to_string()]);
         assert_eq!(ip_key("127.0.0.1".parse().unwrap()), token("127.0.0.1"));
     }
 }

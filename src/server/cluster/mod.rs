@@ -506,7 +506,7 @@ impl Cluster {
         };
         let mut held: Vec<(String, u64)> = Vec::new();
         let mut outcome = Ok(0);
-        for claim_key in claim_keys(key, confusables) {
+        for claim_key in claim_keys(confusables) {
             match self.claim(&claim_key, &claim).await {
                 Ok(revision) => held.push((claim_key, revision)),
                 Err(err) => {
@@ -611,7 +611,7 @@ impl Cluster {
         }
         self.delete(Bucket::Accounts, &token(key), Some(revision))
             .await?;
-        for claim_key in claim_keys(key, confusables) {
+        for claim_key in claim_keys(confusables) {
             if let Some((held, rev)) = self.entry::<ClaimRecord>(Bucket::Names, &claim_key).await? {
                 if held.uid == uid {
                     match self.delete(Bucket::Names, &claim_key, Some(rev)).await {
