@@ -2,6 +2,7 @@
 //! line, the listening socket, outbound delivery, limits, password hashing, the log,
 //! the identities, and the files of the state folder.
 
+pub mod cluster;
 pub mod config;
 pub mod hashing;
 pub mod identity;
