@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::server::http::{BadOrigin, Origin};
+
 /// Default port of the server, and the client's default too.
 pub const DEFAULT_PORT: u16 = 9090;
 
@@ -33,6 +35,14 @@ pub enum ConfigError {
     },
     #[error("--host {host}: the name has no address")]
     NoAddress { host: String },
+    #[error("--allowed-origins: {0}")]
+    AllowedOrigin(#[from] BadOrigin),
+    #[error("--trusted-proxies: {0} is not an IP address")]
+    TrustedProxy(String),
+    #[error("--http-tls needs --http-port")]
+    HttpTlsWithoutPort,
+    #[error("--http-tls: HTTPS is not available yet (it comes with the server's TLS support)")]
+    HttpTlsUnavailable,
 }
 
 /// Server configuration, as parsed from flags and environment.
@@ -110,6 +120,25 @@ pub struct ServerConfig {
     /// the broadcast ring still bounds how far a reader may fall behind).
     #[arg(long, env = "ECHOCHAT_SEND_QUEUE", default_value_t = 1_048_576)]
     pub send_queue: usize,
+
+    /// Also serve the web client at `/` and the chat over a WebSocket at `/ws` on this
+    /// HTTP port (the 99 after it are tried too; 0 lets the OS pick).
+    #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Serve the web client over HTTPS with the server's TLS certificate.
+    #[arg(long, env = "ECHOCHAT_HTTP_TLS")]
+    pub http_tls: bool,
+
+    /// Origins, besides the web client's own, whose pages may open the WebSocket
+    /// (comma-separated, e.g. `https://chat.example.com`).
+    #[arg(long, env = "ECHOCHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` says
+    /// which client a WebSocket comes from.
+    #[arg(long, env = "ECHOCHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerConfig {
@@ -124,7 +153,41 @@ impl ServerConfig {
         if self.token_ttl == 0 {
             return Err(ConfigError::TokenTtl);
         }
+        self.allowed_origins()?;
+        self.trusted_proxies()?;
+        if self.http_tls && self.http_port.is_none() {
+            return Err(ConfigError::HttpTlsWithoutPort);
+        }
+        if self.http_tls {
+            // The seam for HTTPS: `server::http::start` takes the listener's scheme;
+            // what is missing is the certificate (SPEC §9).
+            return Err(ConfigError::HttpTlsUnavailable);
+        }
         Ok(())
+    }
+
+    /// `--allowed-origins`, parsed (empty entries are skipped).
+    pub fn allowed_origins(&self) -> Result<Vec<Origin>, ConfigError> {
+        self.allowed_origins
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| Origin::parse(entry).map_err(ConfigError::from))
+            .collect()
+    }
+
+    /// `--trusted-proxies`, parsed (empty entries are skipped).
+    pub fn trusted_proxies(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpAddr>()
+                    .map(crate::server::http::canonical_ip)
+                    .map_err(|_| ConfigError::TrustedProxy(crate::text::quote(entry)))
+            })
+            .collect()
     }
 
     /// The address to bind: `--host` itself when it is an IP address, else the first
@@ -175,6 +238,46 @@ mod tests {
             ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
         assert!(config.validate().is_err());
         assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn web_flags_parse_and_validate() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["echochat-server"];
+            argv.extend(args);
+            ServerConfig::try_parse_from(argv).unwrap()
+        };
+        let config = parse(&[
+            "--http-port",
+            "8080",
+            "--allowed-origins",
+            "https://chat.example.com,http://localhost:3000",
+            "--trusted-proxies",
+            "10.0.0.1, ::ffff:10.0.0.2",
+        ]);
+        assert_eq!(config.http_port, Some(8080));
+        assert!(config.validate().is_ok());
+        assert_eq!(config.allowed_origins().unwrap().len(), 2);
+        assert_eq!(
+            config.trusted_proxies().unwrap(),
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
+        let err = parse(&["--allowed-origins", "chat.example.com"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--allowed-origins: "), "{err}");
+        let err = parse(&["--trusted-proxies", "10.0.0.0/8"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+        assert!(parse(&["--http-tls"]).validate().is_err());
+        let err = parse(&["--http-port", "0", "--http-tls"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("not available yet"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Start-up and the life of the process: `server::run` parses nothing (the binary
 //! does that) and does everything else: recovers the state folder, binds the port,
-//! prints `listening on <ip>:<port>` as the first stdout line, and wires the actors
+//! prints `listening on <ip>:<port>` as the first stdout line (and, with
+//! `--http-port`, `listening on <ip>:<port> http` after it), and wires the actors
 //! together — `ChatServer` and `Persistence` on arbiters of their own, sessions spread
 //! over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to the same
 //! graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
@@ -19,6 +20,7 @@ use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths
 use crate::actors::session::SessionSettings;
 use crate::client::prompt::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
 use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError};
 use crate::server::logging;
@@ -137,9 +139,25 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     let listener = bound.listener;
     let address = listener.local_addr().map_err(StartError::Socket)?;
     listener.set_nonblocking(true).map_err(StartError::Socket)?;
+    // Bound before anything is printed, so that a start-up that fails prints no
+    // `listening on` line at all.
+    let http = match config.http_port {
+        Some(http_port) => {
+            let bound = bind_with_fallback(host, http_port, PORT_ATTEMPTS)?;
+            let address = bound.listener.local_addr().map_err(StartError::Socket)?;
+            Some((bound, address, HttpSettings::from_config(&config)?))
+        }
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {address}")
+            .and_then(|_| match &http {
+                Some((_, http_address, settings)) => {
+                    writeln!(out, "listening on {http_address} {}", settings.scheme)
+                }
+                None => Ok(()),
+            })
             .and_then(|_| out.flush())
             .map_err(StartError::Stdout)?;
     }
@@ -150,11 +168,26 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             address.port()
         );
     }
+    if let Some((bound, http_address, _)) = &http {
+        if !bound.busy.is_empty() {
+            log::warn!(
+                "HTTP port {} busy, so {} was taken instead",
+                listener::describe_ports(&bound.busy),
+                http_address.port()
+            );
+        }
+    }
     log::info!(
         "listening on {address} (state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections)",
         paths.dir.display(),
         recovered.identities.users.len(),
     );
+    if let Some((_, http_address, settings)) = &http {
+        log::info!(
+            "web client at {}://{http_address}/ (WebSocket at /ws)",
+            settings.scheme
+        );
+    }
 
     let identities = recovered.identities;
     let identity_file = recovered.file;
@@ -187,12 +220,24 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
         let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
+        let slots = ConnectionSlots::new(max_conns);
+        if let Some((bound, _, settings)) = http {
+            let gateway = http::Gateway::new(settings, slots.clone(), address);
+            http::start(
+                bound.listener,
+                gateway,
+                cores,
+                max_conns,
+                stop_accepting.clone(),
+            )
+            .map_err(StartError::Socket)?;
+        }
         actix::spawn(accept_loop(
             listener,
             session_arbiters,
             server.clone(),
             Arc::new(SessionSettings::from_config(&config)),
-            ConnectionSlots::new(max_conns),
+            slots,
             stop_accepting,
         ));
 
