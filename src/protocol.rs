@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 /// Longest chat text, in characters (not bytes).
 pub const MAX_TEXT_CHARS: usize = 4096;
 
+/// Most messages one `history` page may ask for, and how many without `limit`.
+pub const MAX_PAGE: u64 = 500;
+pub const DEFAULT_PAGE: u64 = 50;
+
+/// The room every account is a member of, and where `say` goes without `room` or `to`.
+pub const LOBBY: &str = "lobby";
+
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -20,10 +27,40 @@ pub enum ClientMessage {
     Login { name: String, password: String },
     /// Create an account and log in.
     Register { name: String, password: String },
-    /// Send a chat message to everyone online.
-    Say { text: String },
-    /// Ask who is online.
-    Who,
+    /// Send a chat message to a room (`lobby` without either field) or to a user.
+    Say {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// Ask who is online (in a room, with `room`).
+    Who {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+    },
+    /// Become a member of a room, creating it if needed.
+    Join { room: String },
+    /// Stop being a member of a room.
+    Part { room: String },
+    /// List every room.
+    Rooms,
+    /// A page of older messages of a room (`room`) or of a conversation (`with`).
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// Change this account's password; the other tokens are revoked.
+    ChangePassword { old: String, new: String },
+    /// Delete this account.
+    DeleteAccount { password: String },
     /// Revoke this session's token and close.
     Logout,
     /// Close, keeping the token valid.
@@ -61,11 +98,18 @@ impl ClientMessage {
     }
 }
 
-/// One chat message as delivered live and replayed in history.
+/// One chat message as delivered live and replayed in history: to a room (`room`) or
+/// to a user (`to`). A message with neither belongs to `lobby` (history written before
+/// rooms existed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// Server-wide sequence number, one more than the previous message's.
+    /// Server-wide sequence number: rooms and direct messages share it.
     pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// The recipient's name as registered, for a direct message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
     /// Sender's name (`server` for the admin).
     pub from: String,
     pub text: String,
@@ -100,8 +144,15 @@ pub enum ServerMessage {
         code: AuthErrorCode,
         message: String,
     },
-    /// Sent right after `auth_ok`, oldest first.
+    /// Sent right after `auth_ok` (one per room, then the direct messages), and in
+    /// answer to a `history` request; oldest first.
     History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<String>,
         messages: Vec<HistoryEntry>,
     },
     Message(ChatMessage),
@@ -112,8 +163,39 @@ pub enum ServerMessage {
         name: String,
     },
     Who {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
         users: Vec<String>,
     },
+    /// A room's members, after a `join`.
+    Room {
+        room: String,
+        members: Vec<String>,
+    },
+    /// This user is no longer a member of the room.
+    Parted {
+        room: String,
+    },
+    /// Another user became a member of a room this user is in.
+    MemberJoined {
+        room: String,
+        name: String,
+    },
+    /// Another user left a room this user is in.
+    MemberLeft {
+        room: String,
+        name: String,
+    },
+    /// Every room, sorted by lower-cased name.
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    /// The password was changed; this token replaces the session's.
+    PasswordChanged {
+        token: String,
+    },
+    /// The account was deleted; the connection closes next.
+    AccountDeleted,
     Pong,
     Error {
         code: ErrorCode,
@@ -129,6 +211,16 @@ pub enum ServerMessage {
     },
 }
 
+/// One room in a `rooms` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room: String,
+    /// How many accounts are members.
+    pub members: usize,
+    /// Whether the asking user is one of them.
+    pub member: bool,
+}
+
 /// Codes of `auth_error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +232,10 @@ pub enum AuthErrorCode {
     InvalidName,
     InvalidPassword,
     RateLimited,
+    /// The account is banned; the message carries the reason.
+    Banned,
+    /// The state the request needs cannot be reached right now (cluster mode).
+    Unavailable,
 }
 
 /// Codes of `error` frames.
@@ -152,6 +248,13 @@ pub enum ErrorCode {
     RateLimited,
     /// The server could not do what was asked (for example the disk is full).
     Internal,
+    UnknownRoom,
+    NotMember,
+    UnknownUser,
+    BadPassword,
+    InvalidPassword,
+    /// The state the request needs cannot be reached right now (cluster mode).
+    Unavailable,
 }
 
 impl ServerMessage {
@@ -203,9 +306,16 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"say","text":"hi"}"#),
-            Ok(ClientMessage::Say { text: "hi".into() })
+            Ok(ClientMessage::Say {
+                text: "hi".into(),
+                room: None,
+                to: None
+            })
         );
-        assert_eq!(parse(r#"{"type":"who"}"#), Ok(ClientMessage::Who));
+        assert_eq!(
+            parse(r#"{"type":"who"}"#),
+            Ok(ClientMessage::Who { room: None })
+        );
         assert_eq!(parse(r#"{"type":"logout"}"#), Ok(ClientMessage::Logout));
         assert_eq!(parse(r#"{"type":"quit"}"#), Ok(ClientMessage::Quit));
         assert_eq!(parse(r#" {"type":"ping"}"#), Ok(ClientMessage::Ping));
@@ -219,7 +329,11 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"x":{"y":1},"type":"say","text":"hi"}"#),
-            Ok(ClientMessage::Say { text: "hi".into() })
+            Ok(ClientMessage::Say {
+                text: "hi".into(),
+                room: None,
+                to: None
+            })
         );
     }
 
@@ -281,6 +395,8 @@ mod tests {
             (
                 ServerMessage::Message(ChatMessage {
                     id: 7,
+                    room: None,
+                    to: None,
                     from: "a".into(),
                     text: "hi".into(),
                     ts: 99,
@@ -289,8 +405,13 @@ mod tests {
             ),
             (
                 ServerMessage::History {
+                    room: None,
+                    direct: None,
+                    with: None,
                     messages: vec![HistoryEntry::Message(ChatMessage {
                         id: 1,
+                        room: None,
+                        to: None,
                         from: "b".into(),
                         text: "x".into(),
                         ts: 5,
@@ -305,6 +426,7 @@ mod tests {
             (ServerMessage::Pong, json!({"type":"pong"})),
             (
                 ServerMessage::Who {
+                    room: None,
                     users: vec!["a".into()],
                 },
                 json!({"type":"who","users":["a"]}),

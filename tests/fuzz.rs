@@ -176,8 +176,12 @@ fn valid_requests_round_trip() {
         text.prop_map(|token| ClientMessage::Resume { token }),
         (text, text).prop_map(|(name, password)| ClientMessage::Login { name, password }),
         (text, text).prop_map(|(name, password)| ClientMessage::Register { name, password }),
-        text.prop_map(|text| ClientMessage::Say { text }),
-        Just(ClientMessage::Who),
+        text.prop_map(|text| ClientMessage::Say {
+            text,
+            room: None,
+            to: None
+        }),
+        Just(ClientMessage::Who { room: None }),
         Just(ClientMessage::Ping),
         Just(ClientMessage::Quit),
         Just(ClientMessage::Logout),

@@ -19,6 +19,8 @@ use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 const CONNECT_PARALLELISM: usize = 64;
 /// Time allowed to connect and authenticate all clients.
 const CONNECT_LIMIT: Duration = Duration::from_secs(300);
+/// Pause after a load stops, before anything else connects.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// Connects `--clients` clients and runs the chat load in `mode` on them; returns
 /// what was measured after the warm-up.
@@ -47,6 +49,10 @@ async fn run_load(
     let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
     let cpu = cpu.usage();
     load.stop().await;
+    // Let the server deliver what it still holds of this load before the next phase
+    // connects: the reference server subscribes a connection to its ring before it
+    // greets it, so a leftover chat frame could come before the welcome.
+    tokio::time::sleep(SETTLE).await;
     Ok((counters, elapsed, histogram, cpu))
 }
 

@@ -321,6 +321,8 @@ fn queue_says(out: &mut BytesMut, count: u64, sender: u32, size: usize, shared: 
         let sent_ns = shared.clock.elapsed().as_nanos() as u64;
         let say = ClientMessage::Say {
             text: message_text(sent_ns, sender, size),
+            room: None,
+            to: None,
         };
         // A `say` with an ASCII string always serialises.
         if let Ok(frame) = encode_frame(&say) {

@@ -45,7 +45,7 @@ use crate::server::hashing::HashingPool;
 use crate::server::identity::{Identities, IdentityChange};
 use crate::server::limits::{KeyedBuckets, WindowLimiter};
 use crate::server::logging::Noise;
-use crate::server::outbound::{Broadcaster, Outbox, SessionId};
+use crate::server::outbound::{Broadcaster, Outbox, SessionId, Skip};
 use crate::server::store::{Delivery, Store, StoreHealth};
 use crate::server::unix_ms;
 
@@ -248,7 +248,7 @@ impl ChatServer {
         self.store.record_identities(changes, false);
     }
 
-    fn broadcast_event(&self, message: &ServerMessage, skip: Option<SessionId>) {
+    fn broadcast_event(&self, message: &ServerMessage, skip: Option<Skip>) {
         if let Some(frame) = encode(message) {
             self.ring.publish(frame, skip);
         }

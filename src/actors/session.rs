@@ -1,4 +1,4 @@
-//! `Session`: one actor per TCP connection, bridging the framed stream and `ChatServer`.
+//! `Session`: one actor per connection, bridging its transport and `ChatServer`.
 //!
 //! It reads frames (the codec enforces `--max-frame` from the header), answers what it
 //! can alone — malformed requests, `ping`, requests out of place, the `--msg-rate`
@@ -14,15 +14,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
 
 use super::chat_server::{
     AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Greeted, Logout,
     PeerHandle, PostMessage, Who,
 };
-use crate::codec::{encode_frame, FrameCodec, FrameError};
+use crate::codec::encode_frame;
 use crate::log_noise;
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
 use crate::server::config::ServerConfig;
@@ -30,11 +27,8 @@ use crate::server::limits::ConnectionSlot;
 use crate::server::limits::TokenBucket;
 use crate::server::logging::Noise;
 use crate::server::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
+use crate::server::transport::{Inbound, InboundStream, Transport};
 use crate::text;
-
-/// Initial read buffer per connection; it grows only for a frame that needs it, so an
-/// idle connection costs little.
-const READ_BUFFER: usize = 512;
 
 /// How often the idle timeout is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -96,9 +90,9 @@ pub struct Session {
     server: Addr<ChatServer>,
     settings: Arc<SessionSettings>,
     /// The socket until `started` splits it.
-    stream: Option<std::net::TcpStream>,
+    transport: Option<Box<dyn Transport>>,
     /// The read half until the connection is greeted.
-    reader: Option<OwnedReadHalf>,
+    inbound: Option<InboundStream>,
     outbox: Option<Outbox>,
     stage: Stage,
     last_heard: Instant,
@@ -119,7 +113,7 @@ impl Session {
     pub fn new(
         id: SessionId,
         peer: SocketAddr,
-        stream: std::net::TcpStream,
+        transport: Box<dyn Transport>,
         server: Addr<ChatServer>,
         settings: Arc<SessionSettings>,
         slot: ConnectionSlot,
@@ -130,8 +124,8 @@ impl Session {
             peer,
             server,
             settings,
-            stream: Some(stream),
-            reader: None,
+            transport: Some(transport),
+            inbound: None,
             outbox: None,
             stage: Stage::Waiting,
             last_heard: Instant::now(),
@@ -229,8 +223,8 @@ impl Session {
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
             ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
-            (Stage::User(_), ClientMessage::Say { text }) => self.post_message(text, ctx),
-            (Stage::User(_), ClientMessage::Who) => self.server.do_send(Who { id: self.id }),
+            (Stage::User(_), ClientMessage::Say { text, .. }) => self.post_message(text, ctx),
+            (Stage::User(_), ClientMessage::Who { .. }) => self.server.do_send(Who { id: self.id }),
             (Stage::User(_), ClientMessage::Logout) => {
                 self.server
                     .send(Logout { id: self.id })
@@ -239,6 +233,15 @@ impl Session {
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
+            (
+                Stage::User(_),
+                ClientMessage::Join { .. }
+                | ClientMessage::Part { .. }
+                | ClientMessage::Rooms
+                | ClientMessage::History { .. }
+                | ClientMessage::ChangePassword { .. }
+                | ClientMessage::DeleteAccount { .. },
+            ) => self.reply_error(ErrorCode::BadRequest, "not supported yet"),
         }
     }
 
@@ -333,29 +336,36 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let stream = self.stream.take().map(TcpStream::from_std);
-        let stream = match stream {
-            Some(Ok(stream)) => stream,
-            Some(Err(err)) => {
+        let opened = match self.transport.take() {
+            Some(transport) => transport.open(self.settings.max_frame),
+            None => {
+                ctx.stop();
+                return;
+            }
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
                 log::error!(
-                    "session {} from {}: socket unusable: {err}",
+                    "session {} from {}: connection unusable: {err}",
                     self.id,
                     self.peer
                 );
                 ctx.stop();
                 return;
             }
-            None => {
-                ctx.stop();
-                return;
-            }
         };
-        let (reader, writer) = stream.into_split();
-        self.reader = Some(reader);
+        self.inbound = Some(opened.inbound);
         let (outbox, queue) = direct_queue();
         self.outbox = Some(outbox.clone());
         let me = ctx.address();
-        let writer = run_writer(self.id, writer, queue, self.settings.send_queue);
+        let writer = run_writer(
+            self.id,
+            opened.writer,
+            opened.reset,
+            queue,
+            self.settings.send_queue,
+        );
         actix::spawn(async move {
             let end = writer.await;
             me.do_send(WriterFinished(end));
@@ -384,12 +394,11 @@ impl Handler<Greeted> for Session {
     type Result = ();
 
     fn handle(&mut self, _: Greeted, ctx: &mut Self::Context) {
-        let Some(reader) = self.reader.take() else {
+        let Some(inbound) = self.inbound.take() else {
             return;
         };
         self.stage = Stage::Anonymous;
-        let codec = FrameCodec::new(self.settings.max_frame);
-        ctx.add_stream(FramedRead::with_capacity(reader, codec, READ_BUFFER));
+        ctx.add_stream(inbound);
         self.start_timers(ctx);
     }
 }
@@ -435,24 +444,30 @@ impl Handler<WriterFinished> for Session {
     }
 }
 
-impl StreamHandler<Result<Bytes, FrameError>> for Session {
-    fn handle(&mut self, item: Result<Bytes, FrameError>, ctx: &mut Self::Context) {
+impl StreamHandler<Inbound> for Session {
+    fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match item {
-            Ok(payload) => self.handle_payload(payload, ctx),
-            Err(err @ FrameError::TooLarge { .. }) => {
+            Inbound::Payload(payload) => self.handle_payload(payload, ctx),
+            Inbound::Binary => self.refuse_bad_input(
+                ErrorCode::BadRequest,
+                "binary messages are not accepted; send each JSON object as text",
+                ctx,
+            ),
+            Inbound::TooLarge { len, max } => {
+                let reason = format!("frame of {len} bytes exceeds the limit of {max} bytes");
                 log_noise!(
                     self.peer.ip(),
                     Noise::BadInput,
                     log::Level::Warn,
-                    "session {} from {}: {err}; closing",
+                    "session {} from {}: {reason}; closing",
                     self.id,
                     self.peer
                 );
-                self.reply_error(ErrorCode::FrameTooLarge, err.to_string());
+                self.reply_error(ErrorCode::FrameTooLarge, reason);
                 self.close(ctx);
             }
-            Err(FrameError::Io(err)) => {
+            Inbound::Failed(err) => {
                 log_noise!(
                     self.peer.ip(),
                     Noise::Connection,

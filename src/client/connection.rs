@@ -320,11 +320,11 @@ mod tests {
             Some(ServerMessage::Pong)
         );
         assert_eq!(
-            parse(r#"{"type":"room","room":"x","members":[]}"#).unwrap(),
+            parse(r#"{"type":"sparkle","room":"x","members":[]}"#).unwrap(),
             None
         );
         assert_eq!(
-            parse(r#"{"type":"error","code":"unavailable","message":"later"}"#).unwrap(),
+            parse(r#"{"type":"error","code":"no_such_code","message":"later"}"#).unwrap(),
             Some(ServerMessage::error(ErrorCode::Internal, "later"))
         );
     }

@@ -60,6 +60,10 @@ pub fn auth_error_sentence(code: AuthErrorCode, name: &str) -> String {
         AuthErrorCode::RateLimited => {
             "Too many failed attempts from your address; wait a minute, then try again.".to_string()
         }
+        AuthErrorCode::Banned => format!("The account '{name}' is banned from this server."),
+        AuthErrorCode::Unavailable => {
+            "The server cannot check accounts right now; try again in a moment.".to_string()
+        }
     }
 }
 
@@ -202,6 +206,8 @@ mod tests {
     #[test]
     fn a_message_is_one_timestamped_line() {
         let line = message_line(&ChatMessage {
+            room: None,
+            to: None,
             id: 1,
             from: "alice".into(),
             text: "hi\nthere\u{1b}[2J".into(),

@@ -37,8 +37,12 @@ impl Outgoing {
     /// The wire request.
     pub fn request(&self) -> ClientMessage {
         match self {
-            Outgoing::Say(text) => ClientMessage::Say { text: text.clone() },
-            Outgoing::Who => ClientMessage::Who,
+            Outgoing::Say(text) => ClientMessage::Say {
+                text: text.clone(),
+                room: None,
+                to: None,
+            },
+            Outgoing::Who => ClientMessage::Who { room: None },
             Outgoing::Quit => ClientMessage::Quit,
             Outgoing::Logout => ClientMessage::Logout,
         }
@@ -238,6 +242,8 @@ mod tests {
 
     fn mine(text: &str) -> ChatMessage {
         ChatMessage {
+            room: None,
+            to: None,
             id: 1,
             from: "me".into(),
             text: text.into(),

@@ -363,7 +363,7 @@ impl<O: Output> Session<O> {
     /// Handles one message from the server.
     fn on_server(&mut self, message: ServerMessage) -> Option<Outcome> {
         match message {
-            ServerMessage::History { messages } => {
+            ServerMessage::History { messages, .. } => {
                 for HistoryEntry::Message(m) in messages {
                     if self.is_new(&m) {
                         self.queue.on_replayed(&m, &self.name);
@@ -380,7 +380,7 @@ impl<O: Output> Session<O> {
             }
             ServerMessage::Joined { name } => self.out.chat(&display::presence_line(&name, true)),
             ServerMessage::Left { name } => self.out.chat(&display::presence_line(&name, false)),
-            ServerMessage::Who { users } => self.out.info(&display::who_line(&users)),
+            ServerMessage::Who { users, .. } => self.out.info(&display::who_line(&users)),
             ServerMessage::Error { code, message } => self.on_error(code, &message),
             ServerMessage::Shutdown { message } => {
                 let ended = Ended::Shutdown(message);
@@ -394,9 +394,17 @@ impl<O: Output> Session<O> {
                 self.conn = None;
                 return Some(Outcome::Ended(Ended::Kicked(message)));
             }
+            // Rooms and account replies are not asked for by this client yet.
             ServerMessage::Welcome { .. }
             | ServerMessage::AuthOk { .. }
             | ServerMessage::AuthError { .. }
+            | ServerMessage::Room { .. }
+            | ServerMessage::Parted { .. }
+            | ServerMessage::MemberJoined { .. }
+            | ServerMessage::MemberLeft { .. }
+            | ServerMessage::Rooms { .. }
+            | ServerMessage::PasswordChanged { .. }
+            | ServerMessage::AccountDeleted
             | ServerMessage::Pong => {}
         }
         None
@@ -527,6 +535,8 @@ mod tests {
     fn echo(id: u64, text: &str) -> ServerMessage {
         ServerMessage::Message(ChatMessage {
             id,
+            room: None,
+            to: None,
             from: "me".into(),
             text: text.into(),
             ts: 0,
@@ -542,11 +552,20 @@ mod tests {
         }
         drop(tx);
         server
-            .send(ServerMessage::History { messages: vec![] })
+            .send(ServerMessage::History {
+                room: None,
+                direct: None,
+                with: None,
+                messages: vec![],
+            })
             .await;
         assert_eq!(
             server.recv().await,
-            ClientMessage::Say { text: "one".into() }
+            ClientMessage::Say {
+                text: "one".into(),
+                room: None,
+                to: None
+            }
         );
         assert_eq!(
             server.recv_within(Duration::from_millis(300)).await,
@@ -556,7 +575,11 @@ mod tests {
         server.send(echo(1, "one")).await;
         assert_eq!(
             server.recv().await,
-            ClientMessage::Say { text: "two".into() }
+            ClientMessage::Say {
+                text: "two".into(),
+                room: None,
+                to: None
+            }
         );
         assert_eq!(
             server.recv_within(Duration::from_millis(300)).await,

@@ -21,6 +21,7 @@ use crate::log_noise;
 use crate::server::limits::ConnectionSlots;
 use crate::server::logging::Noise;
 use crate::server::outbound::SessionId;
+use crate::server::transport::Tcp;
 
 /// First pause after an accept error; it doubles up to [`MAX_ACCEPT_BACKOFF`]. Running
 /// out of file descriptors is the usual cause, and it passes as connections close.
@@ -176,7 +177,7 @@ pub async fn accept_loop(
         let server = server.clone();
         let settings = settings.clone();
         Session::start_in_arbiter(arbiter, move |_| {
-            Session::new(id, peer, stream, server, settings, slot)
+            Session::new(id, peer, Box::new(Tcp(stream)), server, settings, slot)
         });
     }
     log::info!("stopped accepting connections");

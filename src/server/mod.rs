@@ -12,6 +12,7 @@ pub mod logging;
 pub mod outbound;
 mod start;
 pub mod store;
+pub mod transport;
 
 pub use start::{run, StartError};
 

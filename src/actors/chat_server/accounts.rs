@@ -18,7 +18,7 @@ use crate::names::{self, confusable_keys, name_key};
 use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage};
 use crate::server::identity::{Account, IdentityChange};
 use crate::server::logging::Noise;
-use crate::server::outbound::SessionId;
+use crate::server::outbound::{SessionId, Skip};
 use crate::server::store::StoreError;
 use crate::server::unix_ms;
 
@@ -322,7 +322,7 @@ impl ChatServer {
         // Logged before anything is sent, so the log never lags what the client saw.
         log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
         let history = self.history.frame();
-        let subscription = self.ring.subscribe();
+        let subscription = self.ring.subscribe(Some(key.into()));
         let Some(peer) = self.connections.get_mut(id) else {
             return AuthOutcome::Refused;
         };
@@ -340,7 +340,7 @@ impl ChatServer {
                 &ServerMessage::Joined {
                     name: name.to_string(),
                 },
-                Some(id),
+                Some(Skip::Session(id)),
             );
         }
         AuthOutcome::Authenticated {
@@ -363,6 +363,8 @@ impl ChatServer {
             AuthErrorCode::RateLimited => {
                 "too many attempts; wait a while and try again".to_string()
             }
+            AuthErrorCode::Banned => "this account is banned".to_string(),
+            AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
         };
         if code == AuthErrorCode::RateLimited {
             log_noise!(

@@ -111,6 +111,6 @@ impl Handler<Who> for ChatServer {
 
     fn handle(&mut self, msg: Who, _: &mut Self::Context) {
         let users = self.presence.names();
-        self.send_to(msg.id, &ServerMessage::Who { users });
+        self.send_to(msg.id, &ServerMessage::Who { room: None, users });
     }
 }

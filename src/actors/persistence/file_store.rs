@@ -136,6 +136,8 @@ impl Store for FileStore {
         };
         let message = ChatMessage {
             id,
+            room: None,
+            to: None,
             from: draft.from,
             text: draft.text,
             ts: crate::server::unix_ms(),
