@@ -1,5 +1,6 @@
 //! The listening socket: binding with a fallback to the next ports, and the accept loop
-//! that hands each connection to a `Session` on one of the session arbiters.
+//! that hands each connection to a `Session` on one of the session arbiters (through
+//! [`SessionStarter`], which the WebSocket gateway shares).
 //!
 //! Every connection costs a file descriptor: the accept loop never holds more than
 //! [`ConnectionSlots`](crate::server::limits::ConnectionSlots) allows, so the state
@@ -7,6 +8,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::chat_server::ChatServer;
 use crate::actors::session::{Session, SessionSettings};
 use crate::log_noise;
-use crate::server::limits::ConnectionSlots;
+use crate::server::limits::{ConnectionSlot, ConnectionSlots};
 use crate::server::logging::Noise;
 use crate::server::outbound::SessionId;
-use crate::server::transport::Tcp;
+use crate::server::transport::{Tcp, Transport};
 
 /// First pause after an accept error; it doubles up to [`MAX_ACCEPT_BACKOFF`]. Running
 /// out of file descriptors is the usual cause, and it passes as connections close.
@@ -114,17 +116,61 @@ pub fn describe_ports(ports: &[u16]) -> String {
     parts.join(", ")
 }
 
-/// Accepts connections until `stop` is cancelled, spreading sessions round-robin over
-/// `arbiters`. Accept errors back off and retry; they never end the loop.
-pub async fn accept_loop(
-    listener: TcpListener,
-    arbiters: Vec<ArbiterHandle>,
+/// Starts a session for each accepted connection, whichever listener accepted it (TCP,
+/// or the WebSocket gateway): one sequence of ids, and sessions spread round-robin
+/// over the session arbiters.
+#[derive(Clone)]
+pub struct SessionStarter {
+    arbiters: Arc<Vec<ArbiterHandle>>,
     server: Addr<ChatServer>,
     settings: Arc<SessionSettings>,
+    last_id: Arc<AtomicU64>,
+}
+
+impl SessionStarter {
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        server: Addr<ChatServer>,
+        settings: Arc<SessionSettings>,
+    ) -> SessionStarter {
+        SessionStarter {
+            arbiters: Arc::new(arbiters),
+            server,
+            settings,
+            last_id: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Starts a session for `transport` from `peer`; its id, or `None` when there is no
+    /// arbiter to run it (the connection is then dropped).
+    pub fn start(
+        &self,
+        peer: SocketAddr,
+        transport: Box<dyn Transport>,
+        slot: ConnectionSlot,
+    ) -> Option<SessionId> {
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(arbiter) = self.arbiters.get(id as usize % self.arbiters.len().max(1)) else {
+            log::error!("no session arbiter to run connection {id}");
+            return None;
+        };
+        let server = self.server.clone();
+        let settings = self.settings.clone();
+        Session::start_in_arbiter(arbiter, move |_| {
+            Session::new(id, peer, transport, server, settings, slot)
+        });
+        Some(id)
+    }
+}
+
+/// Accepts connections until `stop` is cancelled, each into a session. Accept errors
+/// back off and retry; they never end the loop.
+pub async fn accept_loop(
+    listener: TcpListener,
+    sessions: SessionStarter,
     slots: ConnectionSlots,
     stop: CancellationToken,
 ) {
-    let mut next_id: SessionId = 0;
     let mut backoff = FIRST_ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
@@ -168,17 +214,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        next_id += 1;
-        let id = next_id;
-        let Some(arbiter) = arbiters.get(id as usize % arbiters.len().max(1)) else {
-            log::error!("no session arbiter to run connection {id}");
-            continue;
-        };
-        let server = server.clone();
-        let settings = settings.clone();
-        Session::start_in_arbiter(arbiter, move |_| {
-            Session::new(id, peer, Box::new(Tcp(stream)), server, settings, slot)
-        });
+        sessions.start(peer, Box::new(Tcp(stream)), slot);
     }
     log::info!("stopped accepting connections");
 }

@@ -22,7 +22,7 @@ use crate::client::prompt::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
 use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
-use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError};
+use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, SessionStarter};
 use crate::server::logging;
 use crate::server::store::history_file::{
     load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
@@ -221,8 +221,13 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
         let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
         let slots = ConnectionSlots::new(max_conns);
+        let sessions = SessionStarter::new(
+            session_arbiters,
+            server.clone(),
+            Arc::new(SessionSettings::from_config(&config)),
+        );
         if let Some((bound, _, settings)) = http {
-            let gateway = http::Gateway::new(settings, slots.clone(), address);
+            let gateway = http::Gateway::new(settings, slots.clone(), sessions.clone());
             http::start(
                 bound.listener,
                 gateway,
@@ -232,14 +237,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             )
             .map_err(StartError::Socket)?;
         }
-        actix::spawn(accept_loop(
-            listener,
-            session_arbiters,
-            server.clone(),
-            Arc::new(SessionSettings::from_config(&config)),
-            slots,
-            stop_accepting,
-        ));
+        actix::spawn(accept_loop(listener, sessions, slots, stop_accepting));
 
         let console = AdminConsole::new(server.clone(), persistence, paths.log.clone()).start();
         spawn_stdin_reader(console).map_err(StartError::Stdin)?;

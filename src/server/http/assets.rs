@@ -199,7 +199,10 @@ mod tests {
         let version = assets.files["/app.js"].version.clone();
         let get = |uri: &str| assets.respond(&TestRequest::get().uri(uri).to_http_request());
         let cache = |response: &HttpResponse| {
-            response.headers()[header::CACHE_CONTROL]
+            response
+                .headers()
+                .get(header::CACHE_CONTROL)
+                .unwrap()
                 .to_str()
                 .unwrap()
                 .to_string()
@@ -208,7 +211,7 @@ mod tests {
         assert_eq!(versioned.status(), StatusCode::OK);
         assert_eq!(cache(&versioned), IMMUTABLE);
         assert_eq!(
-            versioned.headers()[header::CONTENT_TYPE],
+            versioned.headers().get(header::CONTENT_TYPE).unwrap(),
             "text/javascript; charset=utf-8"
         );
         assert_eq!(cache(&get("/app.js?v=old")), "no-cache");

@@ -13,21 +13,17 @@
 //! - [`ws_frames`]: WebSocket messages ↔ the payloads and frames the session speaks,
 //!   with the `--max-frame` check and the back-pressure of a TCP socket;
 //! - [`ws`]: the `/ws` route itself: the origin check before the upgrade, then the
-//!   connection handed to a session;
-//! - [`loopback`]: for now, that session is the TCP session itself, reached over a
-//!   loopback connection (see there).
+//!   connection handed to a `Session` (the TCP one, over a WebSocket transport).
 
 pub mod assets;
 pub mod client_ip;
-mod loopback;
 pub mod origin;
 pub mod ws;
 pub mod ws_frames;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, TcpListener as StdListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +36,7 @@ pub use origin::{BadOrigin, Origin};
 
 use crate::server::config::{ConfigError, ServerConfig};
 use crate::server::limits::ConnectionSlots;
+use crate::server::listener::SessionStarter;
 
 /// How long a browser may take to send its request headers, and how long an idle
 /// keep-alive connection (between page loads) stays open.
@@ -72,29 +69,22 @@ impl HttpSettings {
     }
 }
 
-/// Everything a WebSocket connection is handed to; shared by the workers.
+/// What the `/ws` route needs beyond the request; shared by the workers.
 pub struct Gateway {
     pub settings: HttpSettings,
     /// The descriptor budget shared with the TCP listener.
     pub slots: ConnectionSlots,
-    /// The TCP listener's address, which [`loopback`] connects to.
-    pub tcp_address: SocketAddr,
-    /// Numbers the WebSocket connections for the log.
-    next_connection: AtomicU64,
+    /// Starts sessions, sharing ids and arbiters with the TCP listener.
+    pub sessions: SessionStarter,
 }
 
 impl Gateway {
-    pub fn new(settings: HttpSettings, slots: ConnectionSlots, tcp_address: SocketAddr) -> Self {
+    pub fn new(settings: HttpSettings, slots: ConnectionSlots, sessions: SessionStarter) -> Self {
         Gateway {
             settings,
             slots,
-            tcp_address,
-            next_connection: AtomicU64::new(0),
+            sessions,
         }
-    }
-
-    fn next_connection(&self) -> u64 {
-        self.next_connection.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

@@ -1,10 +1,21 @@
-//! The `/ws` route: the `Origin` rule before anything else (a refused page gets 403
-//! and no upgrade), a connection slot from the descriptor budget the TCP listener
-//! shares, the upgrade, and then the connection as a [`WsConnection`] handed to a
-//! session.
+//! The `/ws` route and the WebSocket as a session transport.
+//!
+//! The route applies the `Origin` rule before anything else (a refused page gets 403
+//! and no upgrade), takes a connection slot from the descriptor budget the TCP listener
+//! shares, upgrades, and starts a `Session` for the connection like the TCP accept loop
+//! does, with a [`WebSocket`] transport and the client's address by the
+//! `--trusted-proxies` rule.
+//!
+//! actix-web reads the connection on the HTTP worker that accepted it, and what it
+//! reads cannot leave that thread; the session runs on a session arbiter. So a small
+//! task on the worker decodes the messages ([`WsPayloads`]) and hands them to the
+//! session over a channel of one, which keeps the session's pace: while the session
+//! reads nothing (paused, or busy with a request), the task waits, actix-web's buffer
+//! fills and the socket is not read, as for TCP. Frames the other way go from the
+//! session's writer through [`WsWriter`] into actix-ws's bounded queue; when the
+//! writer drops a reader that stopped reading, the same task cuts the connection.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -19,41 +30,94 @@ use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
 
 use super::client_ip::{canonical, client_ip};
 use super::origin::{check_origin, OriginVerdict};
 use super::ws_frames::{FrameSizeGuard, WsFrameWriter, WsPayloads};
 use super::Gateway;
 use crate::log_noise;
-use crate::server::limits::ConnectionSlot;
 use crate::server::logging::Noise;
+use crate::server::transport::{Inbound, Opened, Transport};
 use crate::text;
 
-/// The requests of a WebSocket connection: one payload per text message, or why a
-/// message gave none. Not `Send`: it reads the connection's socket on the worker that
-/// accepted it, so the session that consumes it runs on that worker (the current
-/// arbiter), not on one of the TCP session arbiters.
-pub type WsReader = WsPayloads<actix_ws::MessageStream, actix_ws::Session>;
+/// What the worker decodes for a connection: actix-ws's messages, read through the
+/// frame-size guard, answering pings through the connection's queue.
+type WsReader = WsPayloads<actix_ws::MessageStream, actix_ws::Session>;
 
-/// How long a closing WebSocket may take to queue its close message before the
-/// connection is cut (the TCP writer's close deadline is the same).
+/// Requests decoded ahead of the session: one keeps both sides busy; more would only
+/// be read ahead of a session that is not reading.
+const INBOUND_QUEUE: usize = 1;
+
+/// How long a closed connection may take to send its close message before it is cut
+/// (a client that reads nothing would keep it, and its buffers, forever).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// An upgraded WebSocket connection, ready for a session.
-pub struct WsConnection {
-    /// Numbers the connection in the log.
-    pub number: u64,
-    /// The client: its address by the `--trusted-proxies` rule, with the port of the
-    /// TCP peer (which is the proxy's when there is one).
-    pub client: SocketAddr,
-    /// The TCP peer, for the log.
-    pub peer: SocketAddr,
-    pub reader: WsReader,
-    pub writer: WsWriter,
-    /// This connection's place in the descriptor budget.
-    pub slot: ConnectionSlot,
+/// A WebSocket connection as a session's transport (see the module documentation).
+pub struct WebSocket {
+    inbound: mpsc::Receiver<Inbound>,
+    writer: WsWriter,
+}
+
+impl Transport for WebSocket {
+    fn open(self: Box<Self>, _max_frame: usize) -> io::Result<Opened> {
+        // The worker's task applies `--max-frame` (it was given it at the upgrade).
+        let WebSocket {
+            mut inbound,
+            writer,
+        } = *self;
+        let inbound = futures_util::stream::poll_fn(move |cx| inbound.poll_recv(cx));
+        Ok(Opened {
+            inbound: Box::pin(inbound),
+            writer: Box::new(writer),
+            // The socket is actix-web's, on another thread: `WsWriter` has it cut.
+            reset: None,
+        })
+    }
+}
+
+/// Where a session's writer puts its length-prefixed frames; each leaves as one text
+/// message. It behaves like the write half of a TCP socket: a write waits while the
+/// client is not reading (actix-ws's queue is bounded), `shutdown` sends a normal
+/// close, and dropping it without `shutdown` has the connection cut, as the writer
+/// resets a TCP reader it drops.
+pub struct WsWriter {
+    frames: WsFrameWriter<actix_ws::Session>,
+    /// Tells the connection's task how the writer ended: `true` after a clean shutdown.
+    ended: Option<oneshot::Sender<bool>>,
+    shut_down: bool,
+}
+
+impl AsyncWrite for WsWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.frames).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.frames).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = Pin::new(&mut self.frames).poll_shutdown(cx);
+        if done.is_ready() {
+            self.shut_down = true;
+        }
+        done
+    }
+}
+
+impl Drop for WsWriter {
+    fn drop(&mut self) {
+        if let Some(ended) = self.ended.take() {
+            let _ = ended.send(self.shut_down);
+        }
+    }
 }
 
 /// The open socket of an HTTP connection, recorded when the connection opens; the
@@ -80,13 +144,13 @@ impl Drop for OpenSocket {
 }
 
 /// A handle that can cut an HTTP connection at once: the WebSocket equivalent of what
-/// the TCP writer does to a reader that stopped reading (a zero linger, so the kernel
+/// the writer does to a TCP reader that stopped reading (a zero linger, so the kernel
 /// drops what it still holds, and the connection closed).
 ///
 /// actix-web owns the socket, and a client that reads nothing leaves it waiting on a
 /// full send buffer with no timeout of its own, forever. Shutting the socket down makes
 /// its next write fail, and actix-web drops the connection.
-pub struct SocketReset {
+struct SocketReset {
     fd: RawFd,
     /// False once the connection (and its descriptor) is gone. `Rc`, so the handle stays
     /// on the connection's worker thread, where the connection cannot close between
@@ -112,7 +176,7 @@ impl SocketReset {
 
     /// Cuts the connection if it is still open: whatever is unsent is dropped and the
     /// peer gets a reset.
-    pub fn reset(&self) {
+    fn reset(&self) {
         if !self.open.get() {
             return;
         }
@@ -126,89 +190,39 @@ impl SocketReset {
     }
 }
 
-/// Where a session's writer puts its length-prefixed frames; each leaves as one text
-/// message. It behaves like the write half of a TCP socket: a write waits while the
-/// client is not reading (actix-ws's queue is bounded), `shutdown` sends a normal close
-/// and completes within [`CLOSE_GRACE`] (cutting the connection if the client does not
-/// take it), and dropping it without `shutdown` cuts the connection, as the TCP writer
-/// does to a reader it drops.
-pub struct WsWriter {
-    frames: WsFrameWriter<actix_ws::Session>,
+/// The connection's task on its HTTP worker: hands the decoded requests to the
+/// session until either side ends, then cuts the connection if the writer was dropped
+/// (or if the client has not taken the close within [`CLOSE_GRACE`]).
+async fn serve_connection(
+    mut reader: WsReader,
+    inbound: mpsc::Sender<Inbound>,
+    writer_ended: oneshot::Receiver<bool>,
     reset: SocketReset,
-    /// When `shutdown` gives up on a client that does not read.
-    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    shut_down: bool,
-}
-
-impl WsWriter {
-    fn new(session: actix_ws::Session, reset: SocketReset) -> WsWriter {
-        WsWriter {
-            frames: WsFrameWriter::new(session),
-            reset,
-            close_deadline: None,
-            shut_down: false,
-        }
-    }
-}
-
-impl WsWriter {
-    /// Another handle on the connection's message queue, for messages of the gateway's
-    /// own (whole messages, so they never split a frame of the writer's).
-    pub(super) fn side_channel(&self) -> actix_ws::Session {
-        self.frames.sink().clone()
-    }
-}
-
-impl AsyncWrite for WsWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.frames).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.frames).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.shut_down {
-            return Poll::Ready(Ok(()));
-        }
-        if let Poll::Ready(result) = Pin::new(&mut this.frames).poll_shutdown(cx) {
-            this.shut_down = true;
-            return Poll::Ready(result);
-        }
-        let deadline = this
-            .close_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            this.reset.reset();
-            this.shut_down = true;
-            return Poll::Ready(Ok(()));
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for WsWriter {
-    fn drop(&mut self) {
-        if !self.shut_down {
-            self.reset.reset();
-            return;
-        }
-        // The close is queued; a client that never reads it would hold the connection
-        // (and its buffers) forever.
-        let reset = SocketReset {
-            fd: self.reset.fd,
-            open: self.reset.open.clone(),
+) {
+    loop {
+        let item = tokio::select! {
+            item = reader.next() => item,
+            // The session has gone.
+            _ = inbound.closed() => break,
         };
-        actix_web::rt::spawn(async move {
+        // The end of the messages (a close, or the connection gone): the session sees
+        // the end of its input, delivers what is queued and closes.
+        let Some(item) = item else { break };
+        let last = matches!(item, Inbound::TooLarge { .. } | Inbound::Failed(_));
+        if inbound.send(item).await.is_err() || last {
+            break;
+        }
+    }
+    // Dropping the reader drops its handle on the connection's queue, so the response
+    // ends once the writer's is gone too.
+    drop(reader);
+    drop(inbound);
+    match writer_ended.await {
+        Ok(true) => {
             tokio::time::sleep(CLOSE_GRACE).await;
             reset.reset();
-        });
+        }
+        _ => reset.reset(),
     }
 }
 
@@ -278,8 +292,8 @@ pub async fn upgrade(
         .map_or_else(SocketReset::none, SocketReset::of);
 
     // The connection's bytes pass the frame-size guard before actix-ws decodes them.
-    let tripped = Rc::new(Cell::new(false));
-    let guarded = FrameSizeGuard::new(body.into_inner(), settings.max_frame, tripped.clone());
+    let refused = Rc::new(Cell::new(None));
+    let guarded = FrameSizeGuard::new(body.into_inner(), settings.max_frame, refused.clone());
     let guarded: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
     let mut guarded = Payload::from(guarded);
     let body = match web::Payload::from_request(&req, &mut guarded).await {
@@ -291,24 +305,27 @@ pub async fn upgrade(
         Err(err) => return err.error_response(),
     };
     let messages = messages.max_frame_size(settings.max_frame);
-    let connection = WsConnection {
-        number: gateway.next_connection(),
-        client,
-        peer,
-        reader: WsPayloads::new(messages, session.clone(), settings.max_frame, tripped),
-        writer: WsWriter::new(session, reset),
-        slot,
+    let reader = WsPayloads::new(messages, session.clone(), settings.max_frame, refused);
+    let (inbound, inbound_receiver) = mpsc::channel(INBOUND_QUEUE);
+    let (ended, writer_ended) = oneshot::channel();
+    let transport = WebSocket {
+        inbound: inbound_receiver,
+        writer: WsWriter {
+            frames: WsFrameWriter::new(session),
+            ended: Some(ended),
+            shut_down: false,
+        },
     };
-    log_noise!(
-        ip,
-        Noise::Connection,
-        log::Level::Info,
-        "WebSocket {} from {}{}",
-        connection.number,
-        client,
-        via(client.ip(), peer)
-    );
-    super::loopback::run(connection, gateway.tcp_address);
+    actix_web::rt::spawn(serve_connection(reader, inbound, writer_ended, reset));
+    if let Some(id) = gateway.sessions.start(client, Box::new(transport), slot) {
+        log_noise!(
+            ip,
+            Noise::Connection,
+            log::Level::Info,
+            "session {id} is a WebSocket from {client}{}",
+            via(ip, peer)
+        );
+    }
     response
 }
 

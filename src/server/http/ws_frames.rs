@@ -6,10 +6,10 @@
 //!   WebSocket frame whose header announces more than `--max-frame`, *before* its body
 //!   is buffered. (actix-ws's decoder checks the size only once the whole frame has
 //!   arrived, so on its own it would buffer whatever length a client announces.)
-//! - [`WsPayloads`] turns actix-ws's message stream into one item per request: a text
-//!   message is a payload; a binary message, or text that is not UTF-8, is
-//!   [`InboundError::NotText`] (answered `bad_request`, the connection stays); a message
-//!   over `--max-frame` is [`InboundError::TooLarge`] (answered `frame_too_large`, then
+//! - [`WsPayloads`] turns actix-ws's message stream into the session's [`Inbound`]
+//!   items: a text message is a payload; a binary message, or text that is not UTF-8,
+//!   is [`Inbound::Binary`] (answered `bad_request`, the connection stays); a message
+//!   over `--max-frame` is [`Inbound::TooLarge`] (answered `frame_too_large`, then
 //!   closed). Fragmented messages are put together within the same limit; pings are
 //!   answered; a close ends the stream.
 //! - [`WsFrameWriter`] is an [`AsyncWrite`] that takes the writer's length-prefixed
@@ -32,21 +32,10 @@ use futures_util::{Sink, Stream};
 use tokio::io::AsyncWrite;
 
 use crate::codec::HEADER_LEN;
+use crate::server::transport::Inbound;
 
-/// Why a WebSocket message did not give a payload.
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    /// A message longer than `--max-frame`: answered `frame_too_large`, then closed.
-    #[error("WebSocket message longer than the limit of {max} bytes")]
-    TooLarge { max: usize },
-    /// A binary message, or a text message that is not UTF-8: answered `bad_request`;
-    /// the connection stays.
-    #[error("only text messages (UTF-8 JSON) are accepted")]
-    NotText,
-    /// The WebSocket broke: a protocol violation, or the connection failed.
-    #[error("WebSocket failed: {0}")]
-    Broken(String),
-}
+/// The length a refused frame announced, set by [`FrameSizeGuard`] for [`WsPayloads`].
+pub type Refused = Rc<Cell<Option<u64>>>;
 
 /// Where [`FrameSizeGuard`] is in the byte stream.
 #[derive(Debug)]
@@ -64,14 +53,14 @@ pub struct FrameSizeGuard<S> {
     inner: S,
     max_frame: usize,
     state: GuardState,
-    /// Raised when a frame was refused, for [`WsPayloads`] to tell the close apart from
-    /// a broken connection.
-    tripped: Rc<Cell<bool>>,
+    /// Set when a frame is refused, for [`WsPayloads`] to tell the end apart from a
+    /// broken connection.
+    refused: Refused,
 }
 
 impl<S> FrameSizeGuard<S> {
-    /// Guards `inner`; `tripped` is raised when a frame is refused.
-    pub fn new(inner: S, max_frame: usize, tripped: Rc<Cell<bool>>) -> FrameSizeGuard<S> {
+    /// Guards `inner`; `refused` is set to the announced length when a frame is refused.
+    pub fn new(inner: S, max_frame: usize, refused: Refused) -> FrameSizeGuard<S> {
         FrameSizeGuard {
             inner,
             max_frame,
@@ -79,13 +68,13 @@ impl<S> FrameSizeGuard<S> {
                 bytes: [0; 14],
                 have: 0,
             },
-            tripped,
+            refused,
         }
     }
 
-    /// Follows `chunk` through headers and payloads; `false` when a header announces
-    /// too much.
-    fn inspect(&mut self, mut chunk: &[u8]) -> bool {
+    /// Follows `chunk` through headers and payloads; the announced length when a header
+    /// announces too much.
+    fn inspect(&mut self, mut chunk: &[u8]) -> Result<(), u64> {
         while !chunk.is_empty() {
             match &mut self.state {
                 GuardState::Payload { remaining } => {
@@ -110,7 +99,7 @@ impl<S> FrameSizeGuard<S> {
                     // decoder; data frames (text, binary, continuation) by us.
                     let is_data = opcode < 0x8;
                     if is_data && length > self.max_frame as u64 {
-                        return false;
+                        return Err(length);
                     }
                     self.state = if length == 0 {
                         GuardState::Header {
@@ -123,7 +112,7 @@ impl<S> FrameSizeGuard<S> {
                 }
             }
         }
-        true
+        Ok(())
     }
 }
 
@@ -158,18 +147,17 @@ where
     type Item = Result<Bytes, E>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.tripped.get() {
+        if self.refused.get().is_some() {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if self.inspect(&chunk) {
-                    Poll::Ready(Some(Ok(chunk)))
-                } else {
-                    self.tripped.set(true);
+            Poll::Ready(Some(Ok(chunk))) => match self.inspect(&chunk) {
+                Ok(()) => Poll::Ready(Some(Ok(chunk))),
+                Err(length) => {
+                    self.refused.set(Some(length));
                     Poll::Ready(Some(Err(PayloadError::Overflow.into())))
                 }
-            }
+            },
             other => other,
         }
     }
@@ -188,8 +176,8 @@ pub struct WsPayloads<M, P> {
     messages: M,
     pongs: P,
     max_frame: usize,
-    /// Raised by the connection's [`FrameSizeGuard`].
-    tripped: Rc<Cell<bool>>,
+    /// Set by the connection's [`FrameSizeGuard`].
+    refused: Refused,
     fragments: Option<Fragments>,
     /// A ping to answer before reading on.
     pending_pong: Option<Bytes>,
@@ -198,12 +186,12 @@ pub struct WsPayloads<M, P> {
 
 impl<M, P> WsPayloads<M, P> {
     /// The payloads of `messages`, answering pings through `pongs`.
-    pub fn new(messages: M, pongs: P, max_frame: usize, tripped: Rc<Cell<bool>>) -> Self {
+    pub fn new(messages: M, pongs: P, max_frame: usize, refused: Refused) -> Self {
         WsPayloads {
             messages,
             pongs,
             max_frame,
-            tripped,
+            refused,
             fragments: None,
             pending_pong: None,
             done: false,
@@ -238,10 +226,10 @@ where
     }
 
     /// What one message means; `None` for those that carry no request.
-    fn take(&mut self, message: Message) -> Option<Result<Bytes, InboundError>> {
+    fn take(&mut self, message: Message) -> Option<Inbound> {
         match message {
-            Message::Text(text) => Some(Ok(text.into_bytes())),
-            Message::Binary(_) => Some(Err(InboundError::NotText)),
+            Message::Text(text) => Some(Inbound::Payload(text.into_bytes())),
+            Message::Binary(_) => Some(Inbound::Binary),
             Message::Continuation(item) => self.take_fragment(item),
             Message::Ping(data) => {
                 self.pending_pong = Some(data);
@@ -255,7 +243,7 @@ where
         }
     }
 
-    fn take_fragment(&mut self, item: Item) -> Option<Result<Bytes, InboundError>> {
+    fn take_fragment(&mut self, item: Item) -> Option<Inbound> {
         let (first, data, last) = match item {
             Item::FirstText(data) => (Some(true), data, false),
             Item::FirstBinary(data) => (Some(false), data, false),
@@ -270,29 +258,31 @@ where
         }
         let Some(fragments) = self.fragments.as_mut() else {
             // The decoder refuses a continuation that was never started; be as strict.
-            return Some(Err(InboundError::Broken(
-                "continuation frame without a first frame".to_string(),
+            self.done = true;
+            return Some(Inbound::Failed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "continuation frame without a first frame",
             )));
         };
-        if fragments.parts.len() + data.len() > self.max_frame {
+        let len = fragments.parts.len() + data.len();
+        if len > self.max_frame {
             self.fragments = None;
-            return Some(Err(InboundError::TooLarge {
+            self.done = true;
+            return Some(Inbound::TooLarge {
+                len,
                 max: self.max_frame,
-            }));
+            });
         }
         fragments.parts.extend_from_slice(&data);
         if !last {
             return None;
         }
         let Fragments { text, parts } = self.fragments.take()?;
-        if !text {
-            return Some(Err(InboundError::NotText));
-        }
         let parts = parts.freeze();
-        Some(match std::str::from_utf8(&parts) {
-            Ok(_) => Ok(parts),
-            Err(_) => Err(InboundError::NotText),
-        })
+        if !text || std::str::from_utf8(&parts).is_err() {
+            return Some(Inbound::Binary);
+        }
+        Some(Inbound::Payload(parts))
     }
 }
 
@@ -301,7 +291,7 @@ where
     M: Stream<Item = Result<Message, ProtocolError>> + Unpin,
     P: Sink<Message> + Unpin,
 {
-    type Item = Result<Bytes, InboundError>;
+    type Item = Inbound;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -320,21 +310,24 @@ where
                 }
                 Poll::Ready(Some(Ok(message))) => message,
                 Poll::Ready(Some(Err(err))) => {
-                    let refused = match err {
-                        ProtocolError::Overflow => true,
-                        _ => this.tripped.get(),
+                    let announced = match (this.refused.get(), &err) {
+                        (Some(len), _) => Some(len),
+                        // The decoder's own limit (the guard's is the same, and first).
+                        (None, ProtocolError::Overflow) => Some(this.max_frame as u64 + 1),
+                        _ => None,
                     };
-                    if refused {
+                    if let Some(len) = announced {
                         this.done = true;
-                        return Poll::Ready(Some(Err(InboundError::TooLarge {
+                        return Poll::Ready(Some(Inbound::TooLarge {
+                            len: usize::try_from(len).unwrap_or(usize::MAX),
                             max: this.max_frame,
-                        })));
+                        }));
                     }
                     if let ProtocolError::Io(io_err) = &err {
                         // A text frame that is not UTF-8: the decoder has consumed it
                         // and goes on with the next one.
                         if io_err.kind() == io::ErrorKind::InvalidData {
-                            return Poll::Ready(Some(Err(InboundError::NotText)));
+                            return Poll::Ready(Some(Inbound::Binary));
                         }
                         // The connection ended without a close message (a tab closed):
                         // an end like any other.
@@ -347,7 +340,9 @@ where
                         }
                     }
                     this.done = true;
-                    return Poll::Ready(Some(Err(InboundError::Broken(err.to_string()))));
+                    return Poll::Ready(Some(Inbound::Failed(io::Error::other(format!(
+                        "WebSocket: {err}"
+                    )))));
                 }
             };
             if let Some(item) = this.take(message) {
@@ -531,7 +526,7 @@ mod tests {
     }
 
     fn guard(max: usize) -> FrameSizeGuard<()> {
-        FrameSizeGuard::new((), max, Rc::new(Cell::new(false)))
+        FrameSizeGuard::new((), max, Rc::new(Cell::new(None)))
     }
 
     #[test]
@@ -558,9 +553,9 @@ mod tests {
         wire.extend(client_header(1, 0));
         // Byte by byte and all at once alike.
         for byte in &wire {
-            assert!(g.inspect(std::slice::from_ref(byte)));
+            assert!(g.inspect(std::slice::from_ref(byte)).is_ok());
         }
-        assert!(guard(100).inspect(&wire));
+        assert!(guard(100).inspect(&wire).is_ok());
     }
 
     #[test]
@@ -568,16 +563,16 @@ mod tests {
         let mut g = guard(100);
         let mut wire = client_header(1, 10);
         wire.extend(vec![b'x'; 10]);
-        assert!(g.inspect(&wire));
+        assert!(g.inspect(&wire).is_ok());
         // Only the header has come: refused already.
-        assert!(!g.inspect(&client_header(1, 101)));
-        assert!(!guard(100).inspect(&client_header(2, 1 << 40)));
-        assert!(!guard(100).inspect(&client_header(0, 101)));
+        assert_eq!(g.inspect(&client_header(1, 101)), Err(101));
+        assert_eq!(guard(100).inspect(&client_header(2, 1 << 40)), Err(1 << 40));
+        assert_eq!(guard(100).inspect(&client_header(0, 101)), Err(101));
     }
 
     #[tokio::test]
     async fn the_guard_ends_the_byte_stream_when_tripped() {
-        let tripped = Rc::new(Cell::new(false));
+        let refused = Rc::new(Cell::new(None));
         let mut wire = client_header(1, 3);
         wire.extend(b"abc");
         let chunks = vec![
@@ -585,10 +580,10 @@ mod tests {
             Ok(Bytes::from(client_header(1, 1000))),
             Ok(Bytes::from(vec![0; 1000])),
         ];
-        let mut guarded = FrameSizeGuard::new(stream::iter(chunks), 100, tripped.clone());
+        let mut guarded = FrameSizeGuard::new(stream::iter(chunks), 100, refused.clone());
         assert!(guarded.next().await.unwrap().is_ok());
         assert!(guarded.next().await.unwrap().is_err());
-        assert!(tripped.get());
+        assert_eq!(refused.get(), Some(1000));
         assert!(guarded.next().await.is_none());
     }
 
@@ -601,7 +596,7 @@ mod tests {
             stream::iter(messages),
             Vec::new(),
             max,
-            Rc::new(Cell::new(false)),
+            Rc::new(Cell::new(None)),
         )
     }
 
@@ -615,9 +610,9 @@ mod tests {
             ],
             100,
         );
-        assert_eq!(p.next().await.unwrap().unwrap(), r#"{"type":"ping"}"#);
-        assert!(matches!(p.next().await, Some(Err(InboundError::NotText))));
-        assert_eq!(p.next().await.unwrap().unwrap(), r#"{"type":"who"}"#);
+        assert!(matches!(p.next().await, Some(Inbound::Payload(b)) if b == r#"{"type":"ping"}"#));
+        assert!(matches!(p.next().await, Some(Inbound::Binary)));
+        assert!(matches!(p.next().await, Some(Inbound::Payload(b)) if b == r#"{"type":"who"}"#));
         assert!(p.next().await.is_none());
     }
 
@@ -631,8 +626,8 @@ mod tests {
             ],
             100,
         );
-        assert!(matches!(p.next().await, Some(Err(InboundError::NotText))));
-        assert!(p.next().await.unwrap().is_ok());
+        assert!(matches!(p.next().await, Some(Inbound::Binary)));
+        assert!(matches!(p.next().await, Some(Inbound::Payload(_))));
     }
 
     #[tokio::test]
@@ -643,24 +638,27 @@ mod tests {
         );
         assert!(matches!(
             p.next().await,
-            Some(Err(InboundError::TooLarge { max: 100 }))
+            Some(Inbound::TooLarge { max: 100, .. })
         ));
         assert!(p.next().await.is_none());
     }
 
     #[tokio::test]
     async fn a_tripped_guard_reads_as_too_large() {
-        let tripped = Rc::new(Cell::new(true));
+        let refused = Rc::new(Cell::new(Some(5000)));
         let payload_error = ProtocolError::Io(io::Error::other("payload overflow"));
         let mut p = WsPayloads::new(
             stream::iter(vec![Err(payload_error)]),
             Vec::<Message>::new(),
             100,
-            tripped,
+            refused,
         );
         assert!(matches!(
             p.next().await,
-            Some(Err(InboundError::TooLarge { .. }))
+            Some(Inbound::TooLarge {
+                len: 5000,
+                max: 100
+            })
         ));
     }
 
@@ -689,10 +687,10 @@ mod tests {
             ],
             100,
         );
-        assert_eq!(p.next().await.unwrap().unwrap(), r#"{"type":"ping"}"#);
+        assert!(matches!(p.next().await, Some(Inbound::Payload(b)) if b == r#"{"type":"ping"}"#));
         assert!(matches!(
             p.next().await,
-            Some(Err(InboundError::TooLarge { .. }))
+            Some(Inbound::TooLarge { len: 120, max: 100 })
         ));
         // The ping in between was answered.
         assert!(matches!(p.pongs.as_slice(), [Message::Pong(data)] if data == "hi"));
