@@ -53,6 +53,11 @@ impl WebServer {
     /// folder and the same HTTP port, so that open pages find it where it was.
     pub fn restart(&mut self) {
         self.server.stop();
+        self.start_again();
+    }
+
+    /// Starts the server again after it stopped, on the same state folder and HTTP port.
+    pub fn start_again(&mut self) {
         let port = self.http.port().to_string();
         let (server, http, http_line) = launch(self.state.path(), &self.args, &port);
         assert_eq!(http, self.http, "the restarted server moved its HTTP port");
@@ -396,6 +401,9 @@ const INSTALL_HINT: &str = "the browser tests need Chromium and its WebDriver: \
 pub struct Chromedriver {
     child: Child,
     pub port: u16,
+    /// The browsers' home folder (Chromium keeps some files there, beside the
+    /// profile), so that tests never write into the real one.
+    _home: tempfile::TempDir,
 }
 
 impl Chromedriver {
@@ -412,7 +420,9 @@ impl Chromedriver {
         }
         use std::os::unix::process::CommandExt;
         let port = free_port();
+        let home = tempfile::tempdir().expect("a home folder for the browsers");
         let child = Command::new(&driver)
+            .env("HOME", home.path())
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
@@ -421,7 +431,11 @@ impl Chromedriver {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}; {INSTALL_HINT}", driver.display()));
-        let driver = Chromedriver { child, port };
+        let driver = Chromedriver {
+            child,
+            port,
+            _home: home,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -437,8 +451,9 @@ impl Chromedriver {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Capabilities for a headless Chromium with a fresh profile in `profile`, sized
-    /// `width`×`height`; the flags keep it off the network (this machine has none).
+    /// Capabilities for a headless Chromium with a fresh profile in `profile`, its page
+    /// `width`×`height` pixels (a phone's screen below 500); the flags keep it off the
+    /// network (this machine has none).
     pub fn capabilities(profile: &Path, width: u32, height: u32) -> serde_json::Map<String, Value> {
         let args = [
             "--headless=new".to_string(),
@@ -455,12 +470,19 @@ impl Chromedriver {
             format!("--user-data-dir={}", profile.display()),
             format!("--window-size={width},{height}"),
         ];
+        let mut options = json!({
+            "binary": chromium_binary(),
+            "args": args,
+        });
+        // A desktop window is at least 500 pixels wide; a phone's screen is emulated.
+        if width < 500 {
+            options["mobileEmulation"] = json!({
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0, "touch": true},
+            });
+        }
         let caps = json!({
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium_binary(),
-                "args": args,
-            },
+            "goog:chromeOptions": options,
         });
         caps.as_object().cloned().unwrap_or_default()
     }
@@ -485,5 +507,28 @@ impl Drop for Chromedriver {
             libc::kill(group, libc::SIGKILL);
         }
         let _ = self.child.wait();
+        // Chromium's crash handler leaves the group; it is known by the home folder it
+        // was given, which is this driver's own.
+        for pid in processes_mentioning(&self._home.path().to_string_lossy()) {
+            // SAFETY: kill(2) on a process started for this test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }

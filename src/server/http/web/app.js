@@ -259,8 +259,12 @@
 
   /** The conversation a MESSAGE belongs to. */
   function convOf(msg) {
-    if (typeof msg.to === "string") return conv("dm", fold(msg.from) === fold(me) ? msg.to : msg.from);
-    return roomConv(msg.room);
+    if (typeof msg.to !== "string") return roomConv(msg.room);
+    // The other party, named as the server spells the account.
+    const other = fold(msg.from) === fold(me) ? msg.to : msg.from;
+    const c = conv("dm", other);
+    c.name = other;
+    return c;
   }
 
   function isMessage(m) {
@@ -454,7 +458,8 @@
   }
 
   function loadIfEmpty(c) {
-    if (!c.items.some((item) => item.id) && !c.atStart && !c.loading && phase === "online") loadOlder(c);
+    if (c.awaitingHistory || c.items.some((item) => item.id) || c.atStart || c.loading) return;
+    if (phase === "online") loadOlder(c);
   }
 
   function loadOlder(c) {
@@ -539,7 +544,11 @@
         c.name = msg.room;
         const req = answered((r) => r.kind === "join" && fold(r.frame.room) === fold(msg.room));
         renderLists();
-        if (req) open(c.key);
+        if (req) {
+          // The room's latest messages come next, in a history frame of their own.
+          c.awaitingHistory = true;
+          open(c.key);
+        }
         return;
       }
       case "member_joined":
@@ -691,7 +700,10 @@
     if (typeof msg.room === "string") c.name = msg.room;
     const page = answered((r) => r.kind === "page" && r.conv === c.key);
     if (page) mergeOlder(c, messages);
-    else mergeRecent(c, messages);
+    else {
+      c.awaitingHistory = false;
+      mergeRecent(c, messages);
+    }
     renderLists();
   }
 
