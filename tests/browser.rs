@@ -114,7 +114,11 @@ impl Page {
                  : li.textContent);")
             .await;
         v.as_array()
-            .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -231,21 +235,33 @@ fn the_web_client_loads_small_works_narrow_and_shows_its_connection_state() {
     run(async {
         let page = Page::open(&driver, &web.url(), "narrow page", 360, 740).await;
         page.wait_state("greeted").await;
-        assert_eq!(page.focused_id().await, "login-name", "the name field has the focus");
+        assert_eq!(
+            page.focused_id().await,
+            "login-name",
+            "the name field has the focus"
+        );
 
         // Everything the first visit fetched came from the server itself, under 100 KB.
         let fetched = page
-            .js("const all = [...performance.getEntriesByType('navigation'), \
+            .js(
+                "const all = [...performance.getEntriesByType('navigation'), \
                  ...performance.getEntriesByType('resource')]; \
-                 return all.map(e => [e.name, e.transferSize, e.decodedBodySize]);")
+                 return all.map(e => [e.name, e.transferSize, e.decodedBodySize]);",
+            )
             .await;
         let fetched = fetched.as_array().expect("performance entries");
         let mut total = 0;
         for entry in fetched {
             let name = entry[0].as_str().unwrap_or_default();
-            assert!(name.starts_with(&web.origin()), "fetched from elsewhere: {name}");
+            assert!(
+                name.starts_with(&web.origin()),
+                "fetched from elsewhere: {name}"
+            );
             if !name.contains("/ws") {
-                total += entry[1].as_u64().unwrap_or(0).max(entry[2].as_u64().unwrap_or(0));
+                total += entry[1]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .max(entry[2].as_u64().unwrap_or(0));
             }
         }
         assert!(fetched.len() >= 3, "{fetched:?}");
@@ -297,7 +313,11 @@ fn browser_users_chat_with_each_other_and_a_terminal_user_through_a_restart_and_
         assert_eq!(a.focused_id().await, "register-submit");
         a.keys(&Key::Enter.to_string()).await;
         a.wait_online(&alice).await;
-        assert_eq!(a.focused_id().await, "composer-text", "the message box has the focus");
+        assert_eq!(
+            a.focused_id().await,
+            "composer-text",
+            "the message box has the focus"
+        );
 
         b.register(&bob, "bob's secret").await;
         let (mut c, _) = blocking(|| registered(&web.server, &carol, "carol's secret"));
@@ -336,8 +356,16 @@ fn browser_users_chat_with_each_other_and_a_terminal_user_through_a_restart_and_
         blocking(|| web.restart());
         a.wait_online(&alice).await;
         b.wait_online(&bob).await;
-        assert_ne!(a.saved_token().await, tokens.0, "alice's token was not rotated");
-        assert_ne!(b.saved_token().await, tokens.1, "bob's token was not rotated");
+        assert_ne!(
+            a.saved_token().await,
+            tokens.0,
+            "alice's token was not rotated"
+        );
+        assert_ne!(
+            b.saved_token().await,
+            tokens.1,
+            "bob's token was not rotated"
+        );
         let shown = a
             .js("return document.getElementById('login-view').hidden;")
             .await;
@@ -350,10 +378,9 @@ fn browser_users_chat_with_each_other_and_a_terminal_user_through_a_restart_and_
             c2
         });
         a.say("back after the restart").await;
-        b.wait_line(&format!("{alice}: back after the restart")).await;
-        blocking(|| {
-            c2.recv_matching("alice's message", |v| v["text"] == "back after the restart")
-        });
+        b.wait_line(&format!("{alice}: back after the restart"))
+            .await;
+        blocking(|| c2.recv_matching("alice's message", |v| v["text"] == "back after the restart"));
 
         // The admin kicks bob: his page says so and stays disconnected.
         blocking(|| web.server.admin_output(&format!("kick {bob}")));
@@ -398,7 +425,9 @@ fn browser_users_use_rooms_direct_messages_and_paging() {
     c.recv_matching("the room", |v| v["type"] == "room");
     for n in 0..70 {
         c.send(&json!({"type":"say","room":room,"text":format!("old {n}")}));
-        c.recv_matching("the echo", |v| v["type"] == "message" && v["text"] == format!("old {n}"));
+        c.recv_matching("the echo", |v| {
+            v["type"] == "message" && v["text"] == format!("old {n}")
+        });
     }
     run(async {
         let a = Page::open(&driver, &web.url(), "alice's page", 1100, 800).await;
@@ -421,7 +450,10 @@ fn browser_users_use_rooms_direct_messages_and_paging() {
 
         // Scrolling back pages through the whole history, to its beginning.
         for _ in 0..5 {
-            if a.js("return !document.getElementById('start').hidden;").await == json!(true) {
+            if a.js("return !document.getElementById('start').hidden;")
+                .await
+                == json!(true)
+            {
                 break;
             }
             a.js("document.getElementById('log').scrollTop = 0; \
@@ -443,10 +475,15 @@ fn browser_users_use_rooms_direct_messages_and_paging() {
         // Bob finds the room in the list of all rooms and joins it.
         b.click("sidebar-toggle").await;
         b.click("browse-rooms").await;
-        b.wait_for("the room list", "document.querySelectorAll('#all-rooms button').length > 0")
-            .await;
+        b.wait_for(
+            "the room list",
+            "document.querySelectorAll('#all-rooms button').length > 0",
+        )
+        .await;
         b.client
-            .find(Locator::Css(&format!("#all-rooms button[aria-label='Join #{room}']")))
+            .find(Locator::Css(&format!(
+                "#all-rooms button[aria-label='Join #{room}']"
+            )))
             .await
             .expect("a Join button for the room")
             .click()
@@ -476,7 +513,10 @@ fn browser_users_use_rooms_direct_messages_and_paging() {
         a.screenshot("direct-message.png").await;
         blocking(|| {
             while let Some(v) = c.try_recv(Duration::from_millis(300)) {
-                assert_ne!(v["text"], "psst, alice", "a direct message reached a third user");
+                assert_ne!(
+                    v["text"], "psst, alice",
+                    "a direct message reached a third user"
+                );
             }
         });
 
