@@ -404,6 +404,16 @@ fn browser_users_chat_with_each_other_and_a_terminal_user_through_a_restart_and_
         )
         .await;
         b.screenshot("kicked-360px.png").await;
+
+        // Alice logs out from the account menu: back to the form, her token forgotten.
+        a.click("account-button").await;
+        a.click("logout").await;
+        a.wait_state("greeted").await;
+        assert_eq!(a.saved_token().await, "", "the token outlived the logout");
+        let form = a
+            .js("return !document.getElementById('login-view').hidden;")
+            .await;
+        assert_eq!(form, json!(true), "no login form after logging out");
         a.close().await;
         b.close().await;
     });

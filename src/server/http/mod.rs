@@ -3,9 +3,10 @@
 //! `ChatServer`.
 //!
 //! The listener is an actix-web `HttpServer` on the actor system the rest of the server
-//! runs on; its workers are arbiters of that system, one per core, so a WebSocket's
-//! session runs on the worker that owns its connection. What is decided here is kept in
-//! plain, unit-tested pieces:
+//! runs on; its workers are arbiters of that system, one per core. A WebSocket is read
+//! on the worker that owns its connection and runs the TCP connections' `Session` (on
+//! the session arbiters), through a transport of its own. What is decided here is kept
+//! in plain, unit-tested pieces:
 //!
 //! - [`assets`]: the embedded client and how it is served;
 //! - [`origin`]: which pages may open the WebSocket (`--allowed-origins`);
