@@ -16,12 +16,12 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::chat_server::{
-    AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Greeted, Logout,
-    PeerHandle, PostMessage, Who,
+    AuthOutcome, Authenticate, ChangePassword, ChatServer, Connect, Credentials, DeleteAccount,
+    Disconnect, Greeted, JoinRoom, ListRooms, Logout, Page, PartRoom, PeerHandle, PostMessage, Who,
 };
 use crate::codec::encode_frame;
 use crate::log_noise;
-use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
+use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_PAGE, MAX_TEXT_CHARS};
 use crate::server::config::ServerConfig;
 use crate::server::limits::ConnectionSlot;
 use crate::server::limits::TokenBucket;
@@ -223,8 +223,40 @@ impl Session {
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
             ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
-            (Stage::User(_), ClientMessage::Say { text, .. }) => self.post_message(text, ctx),
-            (Stage::User(_), ClientMessage::Who { .. }) => self.server.do_send(Who { id: self.id }),
+            (Stage::User(_), ClientMessage::Say { text, room, to }) => {
+                self.post_message(text, room, to, ctx)
+            }
+            (Stage::User(_), ClientMessage::Who { room }) => {
+                self.server.do_send(Who { id: self.id, room })
+            }
+            (Stage::User(_), ClientMessage::Join { room }) => {
+                // Nothing more is read until the room is joined: a `say` sent right after
+                // the `join` finds this connection in the room.
+                self.server
+                    .send(JoinRoom { id: self.id, room })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::Part { room }) => {
+                self.server
+                    .send(PartRoom { id: self.id, room })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::Rooms) => {
+                self.server.do_send(ListRooms { id: self.id })
+            }
+            (
+                Stage::User(_),
+                ClientMessage::History {
+                    room,
+                    with,
+                    before,
+                    limit,
+                },
+            ) => self.page(room, with, before, limit, ctx),
             (Stage::User(_), ClientMessage::Logout) => {
                 self.server
                     .send(Logout { id: self.id })
@@ -233,15 +265,33 @@ impl Session {
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
-            (
-                Stage::User(_),
-                ClientMessage::Join { .. }
-                | ClientMessage::Part { .. }
-                | ClientMessage::Rooms
-                | ClientMessage::History { .. }
-                | ClientMessage::ChangePassword { .. }
-                | ClientMessage::DeleteAccount { .. },
-            ) => self.reply_error(ErrorCode::BadRequest, "not supported yet"),
+            (Stage::User(_), ClientMessage::ChangePassword { old, new }) => {
+                if !crate::auth::is_valid_password(&new) {
+                    let rule = crate::auth::password_rule();
+                    self.reply_error(ErrorCode::InvalidPassword, rule);
+                    return;
+                }
+                // One request at a time: nothing more is read until it is answered.
+                self.server
+                    .send(ChangePassword {
+                        id: self.id,
+                        old,
+                        new,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::DeleteAccount { password }) => {
+                self.server
+                    .send(DeleteAccount {
+                        id: self.id,
+                        password,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
         }
     }
 
@@ -261,7 +311,52 @@ impl Session {
             .wait(ctx);
     }
 
-    fn post_message(&mut self, text: String, ctx: &mut Context<Self>) {
+    /// Checks a history request and forwards it.
+    fn page(
+        &mut self,
+        room: Option<String>,
+        with: Option<String>,
+        before: Option<u64>,
+        limit: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let problem = if room.is_some() && with.is_some() {
+            Some("a history request names a room or a user, not both".to_string())
+        } else if limit.is_some_and(|l| !(1..=MAX_PAGE).contains(&l)) {
+            Some(format!("limit is from 1 to {MAX_PAGE}"))
+        } else if before == Some(0) {
+            Some("before is a message id, a positive integer".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.refuse_bad_input(ErrorCode::BadRequest, &problem, ctx);
+            return;
+        }
+        self.server.do_send(Page {
+            id: self.id,
+            room,
+            with,
+            before,
+            limit,
+        });
+    }
+
+    fn post_message(
+        &mut self,
+        text: String,
+        room: Option<String>,
+        to: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if room.is_some() && to.is_some() {
+            self.refuse_bad_input(
+                ErrorCode::BadRequest,
+                "a message goes to a room or to a user, not both",
+                ctx,
+            );
+            return;
+        }
         if text.is_empty() {
             self.refuse_bad_input(ErrorCode::BadRequest, "empty message", ctx);
             return;
@@ -286,7 +381,12 @@ impl Session {
         self.says_in_flight += 1;
         let taken = self
             .server
-            .send(PostMessage { id: self.id, text })
+            .send(PostMessage {
+                id: self.id,
+                text,
+                room,
+                to,
+            })
             .into_actor(self)
             .map(|_, act, _| act.says_in_flight -= 1);
         if self.says_in_flight >= SAYS_IN_FLIGHT {

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod outbound;
+pub mod rooms;
 mod start;
 pub mod store;
 pub mod transport;

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
-use crate::actors::chat_server::{ChatServer, ChatSettings, History, Shutdown};
+use crate::actors::chat_server::{ChatServer, ChatSettings, Recovered, Shutdown};
 use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths, WatchHealth};
 use crate::actors::session::SessionSettings;
 use crate::client::prompt::ask_port;
@@ -28,6 +28,7 @@ use crate::server::store::history_file::{
     load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
 };
 use crate::server::store::identity_file::{IdentityFile, LoadError};
+use crate::server::store::rooms_file::RoomsFile;
 use crate::server::store::state_files;
 use crate::text;
 
@@ -105,7 +106,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         path: paths.ids.clone(),
         source,
     })?;
-    let history = History::new(config.history, loaded.recent);
+    let (rooms_file, rooms) = RoomsFile::open(&paths.rooms)?;
     let ids = IdAllocator::new(next_id, reserved_through);
 
     let capacity = limits::connection_capacity();
@@ -189,15 +190,21 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         );
     }
 
-    let identities = recovered.identities;
+    let state = Recovered {
+        identities: recovered.identities,
+        rooms,
+        room_history: loaded.rooms,
+        direct_history: loaded.direct,
+    };
     let identity_file = recovered.file;
+    let (history_len, index) = (loaded.len, loaded.index);
     let config_for_chat = config.clone();
     let system = System::new();
     let started: Result<(), StartError> = system.block_on(async move {
         let stop_accepting = CancellationToken::new();
         let persistence = Persistence::start_in_arbiter(&Arbiter::new().handle(), {
             let paths = paths.clone();
-            move |_| Persistence::new(paths, identity_file)
+            move |_| Persistence::new(paths, identity_file, rooms_file, history_len, index)
         });
         let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), {
             let persistence = persistence.clone();
@@ -207,8 +214,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 let store = FileStore::new(persistence, ids);
                 ChatServer::new(
                     ChatSettings::from_config(&config_for_chat, max_conns),
-                    identities,
-                    history,
+                    state,
                     Box::new(store),
                     stop_accepting,
                     address,

@@ -96,6 +96,11 @@ impl Broadcaster {
         self.id
     }
 
+    /// How many subscriptions take this ring's frames now.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
     /// Hands `frame` to every subscriber but those `skip` names. Never waits.
     pub fn publish(&self, frame: Bytes, skip: Option<Skip>) {
         self.published_bytes
