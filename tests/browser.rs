@@ -570,3 +570,53 @@ impl Page {
             .unwrap_or_else(|e| panic!("{}: clicking {selector}: {e}", self.label));
     }
 }
+
+#[test]
+fn the_account_menu_changes_the_password_and_deletes_the_account() {
+    let web = WebServer::start(&[]);
+    let driver = Chromedriver::start();
+    let dora = unique_name("dora");
+    run(async {
+        let page = Page::open(&driver, &web.url(), "dora's page", 1100, 800).await;
+        page.register(&dora, "first secret").await;
+
+        page.click("account-button").await;
+        page.type_into("old-password", "first secret").await;
+        page.type_into("new-password", "second secret").await;
+        page.type_into("new-password-again", "second secret").await;
+        page.click_css("#password-form button[type=submit]").await;
+        page.wait_for(
+            "the password changed",
+            "document.getElementById('password-result').textContent.startsWith('Password changed.')",
+        )
+        .await;
+        blocking(|| {
+            let mut c: TestClient = web.server.connect_greeted();
+            c.login(&dora, "second secret");
+        });
+
+        // A wrong password deletes nothing; the right one deletes the account.
+        page.type_into("delete-password", "first secret").await;
+        page.click_css("#delete-form button[type=submit]").await;
+        page.wait_for(
+            "the refusal",
+            "document.getElementById('delete-result').textContent.startsWith('Not deleted')",
+        )
+        .await;
+        page.type_into("delete-password", "second secret").await;
+        page.click_css("#delete-form button[type=submit]").await;
+        page.wait_for(
+            "the notice",
+            "document.getElementById('notice').textContent === 'Your account was deleted.'",
+        )
+        .await;
+        page.wait_state("greeted").await;
+        assert_eq!(page.saved_token().await, "");
+        blocking(|| {
+            let mut c: TestClient = web.server.connect_greeted();
+            c.send(&json!({"type":"login","name":dora,"password":"second secret"}));
+            assert_eq!(c.expect_auth_error(), "unknown_user");
+        });
+        page.close().await;
+    });
+}
