@@ -13,6 +13,7 @@ pub mod outbound;
 pub mod rooms;
 mod start;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use start::{run, StartError};

@@ -37,6 +37,8 @@ pub enum Command {
     },
     Unban(String),
     Bans,
+    /// Read the TLS certificate files again.
+    ReloadTls,
     Shutdown,
 }
 
@@ -80,6 +82,7 @@ commands:
   ban NAME [REASON] keep an account out (its connections are closed)
   unban NAME        lift a ban
   bans              the banned accounts, why and since when
+  reload-tls        read the TLS certificate and key again (also: SIGHUP)
   say-in ROOM TEXT  a message from 'server' in a room
   shutdown          stop the server (also: exit, quit)";
 
@@ -140,6 +143,7 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, ConsoleError> {
         "say" => Ok(Some(Command::Announce(rest.to_string()))),
         "rooms" => no_args(Command::Rooms, "rooms"),
         "bans" => no_args(Command::Bans, "bans"),
+        "reload-tls" => no_args(Command::ReloadTls, "reload-tls"),
         "ban" | "unban" => {
             let usage_text = if word == "ban" {
                 "ban NAME [REASON]"

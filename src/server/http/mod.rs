@@ -36,8 +36,7 @@ pub use client_ip::canonical as canonical_ip;
 pub use origin::{BadOrigin, Origin};
 
 use crate::server::config::{ConfigError, ServerConfig};
-use crate::server::limits::ConnectionSlots;
-use crate::server::listener::SessionStarter;
+use crate::server::listener::Sessions;
 
 /// How long a browser may take to send its request headers, and how long an idle
 /// keep-alive connection (between page loads) stays open.
@@ -73,19 +72,14 @@ impl HttpSettings {
 /// What the `/ws` route needs beyond the request; shared by the workers.
 pub struct Gateway {
     pub settings: HttpSettings,
-    /// The descriptor budget shared with the TCP listener.
-    pub slots: ConnectionSlots,
-    /// Starts sessions, sharing ids and arbiters with the TCP listener.
-    pub sessions: SessionStarter,
+    /// Starts sessions like the TCP and TLS listeners do: the same ids, arbiters and
+    /// connection slots (`--max-conns`, `--max-conns-per-ip`).
+    pub sessions: Sessions,
 }
 
 impl Gateway {
-    pub fn new(settings: HttpSettings, slots: ConnectionSlots, sessions: SessionStarter) -> Self {
-        Gateway {
-            settings,
-            slots,
-            sessions,
-        }
+    pub fn new(settings: HttpSettings, sessions: Sessions) -> Self {
+        Gateway { settings, sessions }
     }
 }
 

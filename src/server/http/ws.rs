@@ -1,8 +1,8 @@
 //! The `/ws` route and the WebSocket as a session transport.
 //!
 //! The route applies the `Origin` rule before anything else (a refused page gets 403
-//! and no upgrade), takes a connection slot from the descriptor budget the TCP listener
-//! shares, upgrades, and starts a `Session` for the connection like the TCP accept loop
+//! and no upgrade), takes a connection slot as the TCP listener does (`--max-conns`,
+//! `--max-conns-per-ip`, descriptors; 503 when there is none), upgrades, and starts a `Session` for the connection like the TCP accept loop
 //! does, with a [`WebSocket`] transport and the client's address by the
 //! `--trusted-proxies` rule.
 //!
@@ -39,6 +39,7 @@ use super::origin::{check_origin, OriginVerdict};
 use super::ws_frames::{FrameSizeGuard, WsFrameWriter, WsPayloads};
 use super::Gateway;
 use crate::log_noise;
+use crate::server::limits::NoSlot;
 use crate::server::logging::Noise;
 use crate::server::transport::{Inbound, Opened, Transport};
 use crate::text;
@@ -278,14 +279,23 @@ pub async fn upgrade(
             .body("this page's origin may not open the chat (see --allowed-origins)\n");
     }
 
-    let Some(slot) = gateway.slots.take() else {
-        log_noise!(
-            ip,
-            Noise::Limit,
-            log::Level::Warn,
-            "WebSocket from {client} refused: no descriptors left for more connections"
-        );
-        return HttpResponse::ServiceUnavailable().finish();
+    let slot = match gateway.sessions.slots.take(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let reason = match refusal {
+                NoSlot::Full => "no room for more connections (--max-conns or descriptors)",
+                NoSlot::AddressFull => "--max-conns-per-ip reached",
+            };
+            log_noise!(
+                ip,
+                Noise::Limit,
+                log::Level::Warn,
+                "WebSocket from {client} refused: {reason}"
+            );
+            return HttpResponse::ServiceUnavailable()
+                .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
+                .body("too many connections; try again later\n");
+        }
     };
     let reset = req
         .conn_data::<OpenSocket>()
