@@ -48,7 +48,6 @@ fn a_taken_http_port_moves_to_the_next_free_one() {
 fn web_flags_that_cannot_work_stop_start_up_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     for (args, expected) in [
-        (vec!["--http-port", "0", "--http-tls"], "not available yet"),
         (vec!["--http-tls"], "--http-tls needs --http-port"),
         (
             vec!["--http-port", "0", "--allowed-origins", "chat.example.com"],
@@ -389,4 +388,51 @@ fn a_websocket_reader_that_stops_reading_is_dropped() {
         }
     };
     assert!(matches!(end, WsEvent::Closed), "{end:?}");
+}
+
+#[test]
+fn with_http_tls_the_web_client_and_its_websocket_are_served_over_https() {
+    let web = WebServer::start(&["--http-tls"]);
+    assert_eq!(web.http_line, format!("listening on {} https", web.http));
+    let ca = web.certificate();
+    let (status, body) = web_support::https_get(web.http, &ca, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("app.js?v="), "{body}");
+    // Plain HTTP on the HTTPS port gets no page.
+    let mut plain = std::net::TcpStream::connect(web.http).unwrap();
+    plain.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "a page over plain HTTP"
+    );
+
+    let upgrade = |origin: &str| {
+        let stream = web_support::tls_connect(web.http, &ca);
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws",
+            web.http
+        ))
+        .unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        tungstenite::client(request, stream)
+    };
+    // The page's own origin is https now; the same host over http is another origin.
+    let (mut socket, _) = upgrade(&web.origin()).expect("the upgrade from the https page");
+    let welcome = socket.read().expect("the welcome");
+    let welcome: serde_json::Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    match upgrade(&format!("http://{}", web.http)) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status(), 403)
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("an http origin was let in on https"),
+    }
 }

@@ -45,8 +45,6 @@ pub enum ConfigError {
     TrustedProxy(String),
     #[error("--http-tls needs --http-port")]
     HttpTlsWithoutPort,
-    #[error("--http-tls: HTTPS is not available yet (it comes with the server's TLS support)")]
-    HttpTlsUnavailable,
 }
 
 /// Server configuration, as parsed from flags and environment.
@@ -147,7 +145,8 @@ pub struct ServerConfig {
     #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
     pub http_port: Option<u16>,
 
-    /// Serve the web client over HTTPS with the server's TLS certificate.
+    /// Serve the web client over HTTPS with the server's TLS certificate (`--tls-cert`
+    /// and `--tls-key`, or the one the server makes for itself).
     #[arg(long, env = "ECHOCHAT_HTTP_TLS")]
     pub http_tls: bool,
 
@@ -184,9 +183,6 @@ impl ServerConfig {
         self.trusted_proxies()?;
         if self.http_tls && self.http_port.is_none() {
             return Err(ConfigError::HttpTlsWithoutPort);
-        }
-        if self.http_tls {
-            return Err(ConfigError::HttpTlsUnavailable);
         }
         Ok(())
     }
@@ -299,10 +295,9 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
         assert!(parse(&["--http-tls"]).validate().is_err());
-        let err = parse(&["--http-port", "0", "--http-tls"])
+        assert!(parse(&["--http-port", "0", "--http-tls"])
             .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("not available yet"), "{err}");
+            .is_ok());
     }
 
     #[test]

@@ -129,8 +129,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     if host.to_string() != config.host {
         log::info!("--host {} resolved to {host}", text::quote(&config.host));
     }
-    let certificates = match config.tls_port {
-        Some(_) => {
+    // The certificate serves the TLS listener and, with --http-tls, the web client.
+    let certificates = match config.tls_port.is_some() || config.http_tls {
+        true => {
             let files = CertificatePaths::new(
                 &paths.dir,
                 config.tls_cert.as_deref(),
@@ -145,7 +146,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             let loaded = tls::load(&files)?;
             Some(Certificates::new(loaded, files))
         }
-        None => None,
+        false => None,
     };
     let plain = if config.tls_only {
         None
@@ -249,9 +250,14 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         };
         if let Some((listener, _, settings)) = web {
             let workers = sessions.arbiters.len();
+            let tls = match (&certificates, config.http_tls) {
+                (Some(certificates), true) => Some(certificates.server_config()?),
+                _ => None,
+            };
             let gateway = http::Gateway::new(settings, sessions.clone());
             http::start(
                 listener,
+                tls,
                 gateway,
                 workers,
                 max_conns,

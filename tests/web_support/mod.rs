@@ -65,14 +65,28 @@ impl WebServer {
         self.http_line = http_line;
     }
 
+    /// `http` or `https`, as the HTTP line says.
+    pub fn scheme(&self) -> &'static str {
+        if self.http_line.ends_with(" https") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// `http://IP:PORT`, the origin of the web client.
     pub fn origin(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme(), self.http)
     }
 
     /// The web client's address.
     pub fn url(&self) -> String {
-        format!("http://{}/", self.http)
+        format!("{}://{}/", self.scheme(), self.http)
+    }
+
+    /// The server's own certificate (`<state-dir>/tls/cert.pem`).
+    pub fn certificate(&self) -> PathBuf {
+        self.state.path().join("tls").join("cert.pem")
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -107,7 +121,7 @@ fn launch(state: &Path, args: &[String], http_port: &str) -> (TestServer, Socket
         .expect("a second stdout line for the HTTP listener");
     let http = line
         .strip_prefix("listening on ")
-        .and_then(|rest| rest.strip_suffix(" http"))
+        .and_then(|rest| rest.strip_suffix(" http").or(rest.strip_suffix(" https")))
         .and_then(|address| address.parse::<SocketAddr>().ok())
         .unwrap_or_else(|| {
             panic!("second stdout line is not `listening on IP:PORT http`: {line:?}")
@@ -179,6 +193,49 @@ pub fn http_request(
 
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
     http_request(addr, "GET", path, &[])
+}
+
+/// A TLS connection to `addr` trusting exactly the certificates in `ca` (PEM).
+pub fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read the certificate") {
+        roots
+            .add(cert.expect("a certificate"))
+            .expect("a usable root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect_timeout(&addr, RECV_TIMEOUT).expect("connect");
+    tcp.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// A GET over TLS (`Connection: close`): the status line and the body.
+pub fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> (String, String) {
+    let mut stream = tls_connect(addr, ca);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send over TLS");
+    let mut raw = Vec::new();
+    // A peer that closes without close_notify ends the read with an error; what was
+    // read is kept.
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
 
 /// What happened while waiting for a WebSocket message.

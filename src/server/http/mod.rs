@@ -86,17 +86,26 @@ impl Gateway {
 /// Records each HTTP connection's socket, so that the `/ws` route can cut it (see
 /// [`ws::SocketReset`]).
 fn record_socket(connection: &dyn std::any::Any, data: &mut Extensions) {
-    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        data.insert(ws::OpenSocket::new(stream.as_raw_fd()));
-    }
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    let fd = if let Some(stream) = connection.downcast_ref::<TcpStream>() {
+        stream.as_raw_fd()
+    } else if let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() {
+        stream.get_ref().0.as_raw_fd()
+    } else {
+        return;
+    };
+    data.insert(ws::OpenSocket::new(fd));
 }
 
 /// Starts serving `listener` on the running actor system, with `workers` worker
-/// arbiters; it stops accepting when `stop` is cancelled (the graceful shutdown), and
-/// ends with the system. Connections already open are left to the shutdown, which
-/// tells their sessions and then stops the system.
+/// arbiters, over TLS with `tls` (`--http-tls`: the TLS listener's configuration, so a
+/// reloaded certificate serves both); it stops accepting when `stop` is cancelled (the
+/// graceful shutdown), and ends with the system. Connections already open are left to
+/// the shutdown, which tells their sessions and then stops the system.
 pub fn start(
     listener: StdListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     gateway: Gateway,
     workers: usize,
     max_connections: usize,
@@ -121,8 +130,11 @@ pub fn start(
     .client_request_timeout(REQUEST_TIMEOUT)
     .keep_alive(KEEP_ALIVE)
     .disable_signals()
-    .on_connect(record_socket)
-    .listen(listener)?
+    .on_connect(record_socket);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     actix::spawn(async move {
