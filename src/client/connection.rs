@@ -265,6 +265,13 @@ const KNOWN_TYPES: &[&str] = &[
     "error",
     "shutdown",
     "kicked",
+    "room",
+    "parted",
+    "member_joined",
+    "member_left",
+    "rooms",
+    "password_changed",
+    "account_deleted",
 ];
 
 /// Reads one payload: `Ok(None)` for a type this client does not know, an error for a
@@ -327,6 +334,27 @@ mod tests {
             parse(r#"{"type":"error","code":"no_such_code","message":"later"}"#).unwrap(),
             Some(ServerMessage::error(ErrorCode::Internal, "later"))
         );
+    }
+
+    #[test]
+    fn every_frame_of_rooms_and_accounts_reads() {
+        for frame in [
+            r#"{"type":"room","room":"r","members":["a"]}"#,
+            r#"{"type":"parted","room":"r"}"#,
+            r#"{"type":"member_joined","room":"r","name":"a"}"#,
+            r#"{"type":"member_left","room":"r","name":"a"}"#,
+            r#"{"type":"rooms","rooms":[{"room":"r","members":2,"member":true}]}"#,
+            r#"{"type":"password_changed","token":"t"}"#,
+            r#"{"type":"account_deleted"}"#,
+            r#"{"type":"history","direct":true,"messages":[{"type":"message","id":1,"to":"b","from":"a","text":"x","ts":1}]}"#,
+            r#"{"type":"history","with":"b","messages":[]}"#,
+            r#"{"type":"error","code":"not_member","message":"m"}"#,
+            r#"{"type":"auth_error","code":"banned","message":"spam"}"#,
+        ] {
+            assert!(parse(frame).unwrap().is_some(), "{frame}");
+        }
+        let e = parse(r#"{"type":"room","room":5}"#).unwrap_err();
+        assert!(e.is_protocol_violation(), "{e}");
     }
 
     #[test]

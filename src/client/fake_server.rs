@@ -26,6 +26,9 @@ impl Output for Recorder {
     fn notice(&mut self, line: &str) {
         self.0.lock().unwrap().push(format!("notice: {line}"));
     }
+    fn room_changed(&mut self, room: &str) {
+        self.0.lock().unwrap().push(format!("room: {room}"));
+    }
 }
 
 /// The server's end of a connection, speaking raw protocol messages.

@@ -13,7 +13,8 @@
 //! | [`tokens`] | the token file, per server and account name |
 //! | [`session`] | the logged-in event loop |
 //! | [`commands`] | what a typed line means; one table of `/` commands |
-//! | [`queue`] | requests in order, says in flight and their window |
+//! | [`queue`] | requests in order, what is in flight and its window |
+//! | [`rooms`] | the current room, and what each room showed |
 //! | [`reconnect`] | getting the session back, and the backoff |
 //! | [`display`] | how events read, and the one escape for server strings |
 //!
@@ -32,6 +33,7 @@ pub mod login;
 pub mod prompt;
 pub mod queue;
 pub mod reconnect;
+pub mod rooms;
 pub mod scripted;
 pub mod session;
 pub mod terminal;

@@ -12,13 +12,14 @@ use std::io;
 use std::time::Duration;
 
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
-use super::display::printable;
+use super::display::{printable, room_label};
 use super::login::{self, Credentials, How, Link, LoggedIn};
 use super::prompt;
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
 use super::tokens::TokenStore;
 use super::tty::{Answer, SavedTerminal, Ui};
 use super::{Exit, Notify};
+use crate::protocol::LOBBY;
 
 /// A person reads the echo of their message; if it does not come, say so after this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,7 +220,7 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
     // Keys typed while a saved token logged us in, with no question asked, may be
     // a name and password typed blindly: they are dropped, not sent.
     let asked = logged_in.how != How::Resumed;
-    let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)), asked);
+    let mut lines = ui.chat(chat_prompt(LOBBY, &logged_in.name), asked);
     spawn_signal_watch(ui.clone());
     let policy = Policy {
         window: 1,
@@ -230,7 +231,10 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
         reconnect_after_shutdown: true,
         fail_on_bad_frame: false,
     };
-    let out = TerminalOutput { ui: ui.clone() };
+    let out = TerminalOutput {
+        ui: ui.clone(),
+        name: logged_in.name.clone(),
+    };
     let mut session = Session::new(logged_in.conn, server, tokens, logged_in.name, out, policy);
     match session.run(&mut lines).await {
         Outcome::Quit => Exit::success(),
@@ -261,9 +265,16 @@ fn spawn_signal_watch(ui: Ui) {
     });
 }
 
+/// The chat's prompt: the current room, then our name (`#lobby alice> `).
+fn chat_prompt(room: &str, name: &str) -> String {
+    format!("{} {}> ", room_label(room), printable(name))
+}
+
 /// Prints above the line being edited.
 struct TerminalOutput {
     ui: Ui,
+    /// Our name, for the prompt.
+    name: String,
 }
 
 impl Output for TerminalOutput {
@@ -273,5 +284,9 @@ impl Output for TerminalOutput {
 
     fn notice(&mut self, line: &str) {
         self.ui.print(line);
+    }
+
+    fn room_changed(&mut self, room: &str) {
+        self.ui.set_prompt(chat_prompt(room, &self.name));
     }
 }

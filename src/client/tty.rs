@@ -57,6 +57,7 @@ enum Request {
         lines: mpsc::Sender<String>,
         keep_typeahead: bool,
     },
+    SetPrompt(String),
     EndChat,
     Close(oneshot::Sender<()>),
 }
@@ -118,6 +119,12 @@ impl Ui {
             keep_typeahead,
         });
         receiver
+    }
+
+    /// Changes the chat's prompt (the current room changed); the line being typed
+    /// stays.
+    pub fn set_prompt(&self, prompt: impl Into<String>) {
+        let _ = self.requests.send(Request::SetPrompt(prompt.into()));
     }
 
     /// Ends the chat's input as Ctrl-D would (a signal asked to quit).
@@ -234,6 +241,12 @@ impl Screen {
                 self.mode = Mode::Chatting { prompt, lines };
                 self.draw();
                 self.take_keys().await;
+            }
+            Request::SetPrompt(new) => {
+                if let Mode::Chatting { prompt, .. } = &mut self.mode {
+                    *prompt = new;
+                    self.draw();
+                }
             }
             Request::EndChat => {
                 if matches!(self.mode, Mode::Chatting { .. }) {
