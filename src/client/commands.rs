@@ -29,6 +29,10 @@ pub enum Command {
     },
     /// One page further back in the current room.
     History,
+    /// Change the account's password (asked for, not typed on the line).
+    Password,
+    /// Delete the account (its password asked for, then a confirmation).
+    DeleteAccount,
     Quit,
     Logout,
     Help,
@@ -100,6 +104,18 @@ pub const COMMANDS: &[CommandSpec] = &[
         arguments: "",
         help: "list who is online in the current room",
         parse: |_| Ok(Command::Who),
+    },
+    CommandSpec {
+        names: &["password"],
+        arguments: "",
+        help: "change your password (asked for unseen; your other sessions are logged out)",
+        parse: |_| Ok(Command::Password),
+    },
+    CommandSpec {
+        names: &["delete-account"],
+        arguments: "",
+        help: "delete your account for good (asks your password and to confirm)",
+        parse: |_| Ok(Command::DeleteAccount),
     },
     CommandSpec {
         names: &["help", "?"],
@@ -186,6 +202,16 @@ fn parse_msg(args: &str) -> Result<Command, String> {
     })
 }
 
+/// Whether `line` is a command whose next lines are answers to its questions
+/// (passwords): a terminal hides what is typed after it at once, before the first
+/// question is even drawn.
+pub fn asks_questions(line: &str) -> bool {
+    matches!(
+        parse_input(line),
+        Input::Command(Command::Password | Command::DeleteAccount)
+    )
+}
+
 fn say(text: &str) -> Input {
     let chars = text.chars().count();
     if chars > MAX_TEXT_CHARS {
@@ -255,6 +281,11 @@ mod tests {
         );
         assert_eq!(parse_input("/rooms"), command(Command::Rooms));
         assert_eq!(parse_input("/history"), command(Command::History));
+        assert_eq!(parse_input("/password"), command(Command::Password));
+        assert_eq!(
+            parse_input("/delete-account"),
+            command(Command::DeleteAccount)
+        );
         assert_eq!(
             parse_input("/msg bob  hello there "),
             command(Command::Msg {

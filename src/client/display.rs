@@ -115,8 +115,10 @@ pub fn password_rule() -> String {
     format!("A password is {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long.")
 }
 
-/// A sentence for an `auth_error`, naming the account when that helps.
-pub fn auth_error_sentence(code: AuthErrorCode, name: &str) -> String {
+/// A sentence for an `auth_error`, naming the account when that helps; `message` is
+/// the server's, shown (escaped) where it carries something the code does not: the
+/// reason of a ban.
+pub fn auth_error_sentence(code: AuthErrorCode, name: &str, message: &str) -> String {
     let name = printable(name);
     match code {
         AuthErrorCode::UnknownUser => format!("There is no account named '{name}' on this server."),
@@ -130,7 +132,13 @@ pub fn auth_error_sentence(code: AuthErrorCode, name: &str) -> String {
         AuthErrorCode::RateLimited => {
             "Too many failed attempts from your address; wait a minute, then try again.".to_string()
         }
-        AuthErrorCode::Banned => format!("The account '{name}' is banned from this server."),
+        AuthErrorCode::Banned if message.trim().is_empty() => {
+            format!("The account '{name}' is banned from this server.")
+        }
+        AuthErrorCode::Banned => format!(
+            "The account '{name}' is banned from this server; the reason given: {}",
+            printable(message)
+        ),
         AuthErrorCode::Unavailable => {
             "The server cannot check accounts right now; try again in a moment.".to_string()
         }
@@ -487,17 +495,26 @@ mod tests {
             InvalidName,
             InvalidPassword,
             RateLimited,
+            Banned,
+            Unavailable,
         ] {
-            let sentence = auth_error_sentence(code, "zed");
+            let sentence = auth_error_sentence(code, "zed", "");
             assert!(sentence.ends_with('.'), "{code:?}: {sentence}");
+            // A code that is no plain word ("banned" is one) never shows.
             let raw = serde_json::to_string(&code).unwrap();
             assert!(
-                !sentence.contains(raw.trim_matches('"')),
+                !raw.contains('_') || !sentence.contains(raw.trim_matches('"')),
                 "no raw codes: {sentence}"
             );
         }
-        assert!(auth_error_sentence(UnknownUser, "zed").contains("'zed'"));
-        assert!(auth_error_sentence(InvalidName, "").contains(&MAX_NAME_CHARS.to_string()));
+        assert!(auth_error_sentence(UnknownUser, "zed", "").contains("'zed'"));
+        assert!(auth_error_sentence(InvalidName, "", "").contains(&MAX_NAME_CHARS.to_string()));
+        let banned = auth_error_sentence(Banned, "zed", "spam\u{1b}[2J");
+        assert!(banned.contains("banned"), "{banned}");
+        assert!(
+            banned.contains("spam\\u{1b}[2J"),
+            "the reason, escaped: {banned}"
+        );
     }
 
     #[test]

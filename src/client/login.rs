@@ -91,9 +91,9 @@ pub async fn log_in<C: Credentials>(
         let reply = link.authenticate(&resume_request(&saved)).await?;
         match settle_resume(reply, tokens, &saved) {
             Ok(name) => return link.logged_in(name, How::Resumed),
-            Err(code) => {
+            Err((code, message)) => {
                 let who = saved.name.as_deref().or(fixed).unwrap_or("");
-                let sentence = auth_error_sentence(code, who);
+                let sentence = auth_error_sentence(code, who, &message);
                 if code == AuthErrorCode::InvalidToken {
                     // An old token is no failure: the password is the way in now.
                     (link.notify)(&sentence);
@@ -131,7 +131,7 @@ pub async fn log_in<C: Credentials>(
             name: name.clone(),
             password: password.clone(),
         };
-        let code = match link.authenticate(&login).await? {
+        let (code, message) = match link.authenticate(&login).await? {
             AuthReply::Accepted { name, token, .. } => {
                 tokens.save(&name, &token, Some(&password), false);
                 return link.logged_in(name, How::LoggedIn);
@@ -161,12 +161,12 @@ pub async fn log_in<C: Credentials>(
                         tokens.save(&name, &token, Some(&chosen), false);
                         return link.logged_in(name, How::Registered);
                     }
-                    AuthReply::Refused { code, .. } => code,
+                    AuthReply::Refused { code, message } => (code, message),
                 }
             }
-            AuthReply::Refused { code, .. } => code,
+            AuthReply::Refused { code, message } => (code, message),
         };
-        creds.refused(&auth_error_sentence(code, &name))?;
+        creds.refused(&auth_error_sentence(code, &name, &message))?;
         if fixed.is_some() && matches!(code, AuthErrorCode::InvalidName | AuthErrorCode::NameTaken)
         {
             return Err(Exit::failure("the name given with --name cannot be used"));
@@ -184,25 +184,25 @@ pub fn resume_request(saved: &Saved) -> ClientMessage {
 /// Files the answer to a `resume` in the token file, the same at login and after a
 /// reconnection: the fresh token is saved under the account's name (a token of the
 /// earlier format is filed under it now), a refused one is forgotten. `Ok` with our
-/// name when the session resumed.
+/// name when the session resumed, else the refusal's code and message.
 pub fn settle_resume(
     reply: AuthReply,
     tokens: &mut TokenStore,
     saved: &Saved,
-) -> Result<String, AuthErrorCode> {
+) -> Result<String, (AuthErrorCode, String)> {
     match reply {
         AuthReply::Accepted { name, token, .. } => {
             tokens.save(&name, &token, None, saved.name.is_none());
             Ok(name)
         }
-        AuthReply::Refused { code, .. } => {
+        AuthReply::Refused { code, message } => {
             if code == AuthErrorCode::InvalidToken {
                 match &saved.name {
                     Some(name) => tokens.forget(name),
                     None => tokens.forget_unnamed(),
                 }
             }
-            Err(code)
+            Err((code, message))
         }
     }
 }

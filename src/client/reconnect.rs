@@ -116,13 +116,14 @@ pub async fn attempt(
     };
     let error = match resume(server, tokens, &saved).await {
         Ok(Ok((conn, name))) => return Attempt::Resumed(conn, name),
-        Ok(Err(AuthErrorCode::RateLimited)) => {
-            return Attempt::Retry(auth_error_sentence(AuthErrorCode::RateLimited, name))
+        // Passing trouble: a limit, or the server's storage out of reach.
+        Ok(Err((code @ (AuthErrorCode::RateLimited | AuthErrorCode::Unavailable), message))) => {
+            return Attempt::Retry(auth_error_sentence(code, name, &message))
         }
-        Ok(Err(code)) => {
+        Ok(Err((code, message))) => {
             return Attempt::GiveUp(format!(
                 "could not resume the session: {} Start echochat again to log in.",
-                auth_error_sentence(code, name)
+                auth_error_sentence(code, name, &message)
             ))
         }
         Err(error) => error,
@@ -144,7 +145,7 @@ async fn resume(
     server: &ServerAddr,
     tokens: &mut TokenStore,
     saved: &Saved,
-) -> Result<Result<(Connection, String), AuthErrorCode>, ConnectionError> {
+) -> Result<Result<(Connection, String), (AuthErrorCode, String)>, ConnectionError> {
     let mut conn = Connection::connect(server).await?;
     conn.welcome(Some(WELCOME_TIMEOUT)).await?;
     let reply = conn.authenticate(&resume_request(saved)).await?;

@@ -111,7 +111,9 @@ pub async fn run(args: Args) -> Exit {
         ping_interval: PING_INTERVAL,
         reconnect_after_shutdown: false,
         fail_on_bad_frame: true,
+        confirm: false,
     };
+    let name = logged_in.name.clone();
     let mut session = Session::new(
         logged_in.conn,
         server,
@@ -130,9 +132,12 @@ pub async fn run(args: Args) -> Exit {
     let refused = session.refused();
     match outcome {
         Outcome::Quit | Outcome::LoggedOut if refused > 0 => Exit::failure(format!(
-            "{refused} message(s) were not accepted by the server"
+            "{refused} message(s) or command(s) were not accepted by the server"
         )),
         Outcome::Quit | Outcome::LoggedOut => Exit::success(),
+        Outcome::AccountDeleted => {
+            Exit::success_with(format!("the account '{}' was deleted", printable(&name)))
+        }
         Outcome::Ended(ended) if unacknowledged == 0 => Exit::success_with(ended.to_string()),
         Outcome::Ended(ended) => {
             Exit::failure(format!("{ended} (input was left unsent or unacknowledged)"))

@@ -26,7 +26,8 @@ use super::args::ServerAddr;
 use super::commands::{help_lines, parse_input, Command, Input};
 use super::connection::{Connection, ConnectionError, Ended};
 use super::display::{self, printable};
-use super::queue::{is_lobby, same_room, Outgoing, Refusal, SendQueue, Stream, Target};
+use super::login;
+use super::queue::{is_lobby, same_room, Outgoing, Refusal, Secret, SendQueue, Stream, Target};
 use super::reconnect::{self, Attempt, Backoff};
 use super::rooms::RoomView;
 use super::tokens::TokenStore;
@@ -61,6 +62,11 @@ pub trait Output: Send {
     fn notice(&mut self, line: &str);
     /// The current room changed (a prompt shows it).
     fn room_changed(&mut self, _room: &str) {}
+    /// The next line answers a question (`label`); `hidden` for a password. A script
+    /// is asked nothing: its next line is the answer.
+    fn question(&mut self, _label: &str, _hidden: bool) {}
+    /// The command asking questions is done: lines are chat again.
+    fn questions_over(&mut self) {}
 }
 
 /// How the session behaves; the two modes differ only here.
@@ -82,6 +88,9 @@ pub struct Policy {
     /// A frame too large or malformed ends the session as a failure (scripted) rather
     /// than the connection only.
     pub fail_on_bad_frame: bool,
+    /// A person answers: a new password is typed twice and a deletion confirmed. A
+    /// script gives each answer once, on the lines after the command.
+    pub confirm: bool,
 }
 
 /// How the session ended.
@@ -91,10 +100,31 @@ pub enum Outcome {
     Quit,
     /// `/logout`: the token was revoked and forgotten.
     LoggedOut,
+    /// `/delete-account`: the account is gone, and its token forgotten.
+    AccountDeleted,
     /// `shutdown` or `kicked`.
     Ended(Ended),
     /// Something went wrong that the user must hear about; the sentence says what.
     Failed(String),
+}
+
+/// An account command waiting for the next typed line, which is never chat.
+#[derive(Debug)]
+enum Form {
+    /// `/password`: the current password.
+    OldPassword,
+    NewPassword {
+        old: Secret,
+    },
+    RepeatPassword {
+        old: Secret,
+        new: Secret,
+    },
+    /// `/delete-account`: the password, then (a person) the confirmation.
+    DeletePassword,
+    ConfirmDelete {
+        password: Secret,
+    },
 }
 
 /// What woke the loop up.
@@ -122,6 +152,8 @@ pub struct Session<O: Output> {
     replay_until: Option<Instant>,
     /// The `ping` that marks the end of the replayed history is yet to be sent.
     replay_mark_due: bool,
+    /// An account command reading its answers from the next lines.
+    form: Option<Form>,
     input_closed: bool,
     backoff: Backoff,
     /// When to try reconnecting, while there is no connection.
@@ -154,6 +186,7 @@ impl<O: Output> Session<O> {
             view: RoomView::new(),
             replay_until: Some(now + REPLAY_PATIENCE),
             replay_mark_due: true,
+            form: None,
             input_closed: false,
             backoff: Backoff::new(now),
             reconnect_at: now,
@@ -218,6 +251,13 @@ impl<O: Output> Session<O> {
                     None
                 }
                 Event::Line(None) => {
+                    if self.form.take().is_some() {
+                        self.out.questions_over();
+                        self.queue.count_refused();
+                        self.out.notice(
+                            "The input ended before the command's answers; nothing was changed.",
+                        );
+                    }
                     self.leave(Outgoing::Quit);
                     None
                 }
@@ -271,6 +311,13 @@ impl<O: Output> Session<O> {
 
     /// Handles a line the user typed.
     fn on_line(&mut self, line: &str) {
+        if let Some(form) = self.form.take() {
+            self.on_answer(form, line);
+            if self.form.is_none() {
+                self.out.questions_over();
+            }
+            return;
+        }
         match parse_input(line) {
             Input::Say(text) => self.say(Target::Here, text),
             Input::Command(Command::Msg { to, text }) => self.say(Target::User(to), text),
@@ -282,6 +329,8 @@ impl<O: Output> Session<O> {
                 room: None,
                 before: None,
             }),
+            Input::Command(Command::Password) => self.ask(Form::OldPassword),
+            Input::Command(Command::DeleteAccount) => self.ask(Form::DeletePassword),
             Input::Command(Command::Quit) => self.leave(Outgoing::Quit),
             Input::Command(Command::Logout) => self.leave(Outgoing::Logout),
             Input::Command(Command::Help) => {
@@ -300,6 +349,83 @@ impl<O: Output> Session<O> {
                 self.out.notice(&format!(
                     "Not sent: the message has {chars} characters, the limit is {MAX_TEXT_CHARS}."
                 ));
+            }
+        }
+    }
+
+    /// Asks what `form` needs next; the next line is its answer.
+    fn ask(&mut self, form: Form) {
+        let (label, hidden) = match &form {
+            Form::OldPassword => ("Current password (Enter alone cancels): ".to_string(), true),
+            Form::NewPassword { .. } => ("New password: ".to_string(), true),
+            Form::RepeatPassword { .. } => ("Repeat the new password: ".to_string(), true),
+            Form::DeletePassword => (
+                "Password to delete your account (Enter alone cancels): ".to_string(),
+                true,
+            ),
+            Form::ConfirmDelete { .. } => (
+                format!(
+                    "Delete the account '{}' and its saved session for good? Type yes to confirm: ",
+                    printable(&self.name)
+                ),
+                false,
+            ),
+        };
+        self.out.question(&label, hidden);
+        self.form = Some(form);
+    }
+
+    /// A line answering `form`. An empty one cancels; a password change or a deletion
+    /// that is not sent counts as refused (a script fails at the end).
+    fn on_answer(&mut self, form: Form, line: &str) {
+        let cancelled = |what: &str| format!("Cancelled: {what}.");
+        if line.is_empty() {
+            self.queue.count_refused();
+            let what = match form {
+                Form::DeletePassword | Form::ConfirmDelete { .. } => "the account was not deleted",
+                _ => "your password was not changed",
+            };
+            self.out.notice(&cancelled(what));
+            return;
+        }
+        let answer = Secret(line.to_string());
+        match form {
+            Form::OldPassword => self.ask(Form::NewPassword { old: answer }),
+            Form::NewPassword { old } => match login::password_problem(line) {
+                Some(problem) if self.policy.confirm => {
+                    self.out.notice(&problem);
+                    self.ask(Form::NewPassword { old });
+                }
+                Some(problem) => {
+                    self.queue.count_refused();
+                    self.out
+                        .notice(&format!("{problem} Your password was not changed."));
+                }
+                None if self.policy.confirm => self.ask(Form::RepeatPassword { old, new: answer }),
+                None => self
+                    .queue
+                    .push(Outgoing::ChangePassword { old, new: answer }),
+            },
+            Form::RepeatPassword { old, new } => {
+                if new == answer {
+                    self.queue.push(Outgoing::ChangePassword { old, new });
+                } else {
+                    self.out
+                        .notice("The two passwords differ; type the new one again.");
+                    self.ask(Form::NewPassword { old });
+                }
+            }
+            Form::DeletePassword if self.policy.confirm => {
+                self.ask(Form::ConfirmDelete { password: answer })
+            }
+            Form::DeletePassword => self.queue.push(Outgoing::DeleteAccount(answer)),
+            Form::ConfirmDelete { password } => {
+                if matches!(line.trim().to_lowercase().as_str(), "yes" | "y") {
+                    self.queue.push(Outgoing::DeleteAccount(password));
+                } else {
+                    self.queue.count_refused();
+                    self.out.notice(&cancelled("the account was not deleted"));
+                }
             }
         }
     }
@@ -490,12 +616,19 @@ impl<O: Output> Session<O> {
                 self.conn = None;
                 return Some(Outcome::Ended(Ended::Kicked(message)));
             }
-            // Account replies are not asked for by this client yet.
+            ServerMessage::PasswordChanged { token } => self.on_password_changed(&token),
+            ServerMessage::AccountDeleted => {
+                if matches!(self.queue.awaiting(), Some(Outgoing::DeleteAccount(_))) {
+                    self.queue.answered();
+                }
+                self.tokens.forget(&self.name);
+                self.conn = None;
+                return Some(Outcome::AccountDeleted);
+            }
+            // Only the login's.
             ServerMessage::Welcome { .. }
             | ServerMessage::AuthOk { .. }
-            | ServerMessage::AuthError { .. }
-            | ServerMessage::PasswordChanged { .. }
-            | ServerMessage::AccountDeleted => {}
+            | ServerMessage::AuthError { .. } => {}
             ServerMessage::Pong => {
                 if self.queue.replaying() {
                     self.replay_over();
@@ -535,6 +668,22 @@ impl<O: Output> Session<O> {
     fn replay_over(&mut self) {
         self.replay_until = None;
         self.queue.replay_over();
+    }
+
+    /// `password_changed`: its token replaces the session's, saved with the check of
+    /// the new password.
+    fn on_password_changed(&mut self, token: &str) {
+        let new = match self.queue.awaiting() {
+            Some(Outgoing::ChangePassword { new, .. }) => Some(new.0.clone()),
+            _ => None,
+        };
+        if new.is_some() {
+            self.queue.answered();
+        }
+        self.tokens.save(&self.name, token, new.as_deref(), false);
+        self.out.notice(
+            "Your password was changed; your other sessions were logged out, and this one goes on.",
+        );
     }
 
     /// One page of older messages of `room`, under a line that says so.
@@ -722,6 +871,7 @@ mod tests {
             ping_interval,
             reconnect_after_shutdown: false,
             fail_on_bad_frame: true,
+            confirm: false,
         }
     }
 

@@ -230,17 +230,22 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
         ping_interval: PING_INTERVAL,
         reconnect_after_shutdown: true,
         fail_on_bad_frame: false,
+        confirm: true,
     };
     let out = TerminalOutput {
         ui: ui.clone(),
         name: logged_in.name.clone(),
     };
+    let name = printable(&logged_in.name);
     let mut session = Session::new(logged_in.conn, server, tokens, logged_in.name, out, policy);
     match session.run(&mut lines).await {
         Outcome::Quit => Exit::success(),
         Outcome::LoggedOut => {
             Exit::success_with("Logged out; the next start will ask for your password.")
         }
+        Outcome::AccountDeleted => Exit::success_with(format!(
+            "The account '{name}' was deleted, and its saved session forgotten. Goodbye."
+        )),
         Outcome::Ended(ended) => Exit::success_with(ended.to_string()),
         Outcome::Failed(why) => Exit::failure(why),
     }
@@ -288,5 +293,13 @@ impl Output for TerminalOutput {
 
     fn room_changed(&mut self, room: &str) {
         self.ui.set_prompt(chat_prompt(room, &self.name));
+    }
+
+    fn question(&mut self, label: &str, hidden: bool) {
+        self.ui.chat_question(label, hidden);
+    }
+
+    fn questions_over(&mut self) {
+        self.ui.chat_questions_over();
     }
 }
