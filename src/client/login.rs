@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::args::ServerAddr;
 use super::connection::{AuthReply, Connection, ConnectionError, Ended};
 use super::display::{auth_error_sentence, name_rule, password_rule, printable};
+use super::tls::Connector;
 use super::tokens::{Saved, TokenStore};
 use super::{Exit, Notify};
 use crate::auth::{is_valid_name, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
@@ -210,6 +211,7 @@ pub fn settle_resume(
 /// The connection while logging in, replaced when the server drops it.
 pub struct Link {
     server: ServerAddr,
+    connector: Connector,
     conn: Option<Connection>,
     /// The name the server remembers for this address, from the first greeting.
     known_name: Option<String>,
@@ -219,12 +221,17 @@ pub struct Link {
 impl Link {
     /// Connects and waits for the greeting. A server that cannot be reached is the
     /// end of the run.
-    pub async fn open(server: &ServerAddr, mut notify: Notify) -> Result<Link, Exit> {
-        let (conn, known_name) = greet(server, &mut notify)
+    pub async fn open(
+        server: &ServerAddr,
+        connector: Connector,
+        mut notify: Notify,
+    ) -> Result<Link, Exit> {
+        let (conn, known_name) = greet(server, &connector, &mut notify)
             .await
             .map_err(|e| Exit::failure(e.to_string()))?;
         Ok(Link {
             server: server.clone(),
+            connector,
             conn: Some(conn),
             known_name,
             notify,
@@ -291,7 +298,7 @@ impl Link {
                 Err(e) => e,
             };
             self.conn = None;
-            if error.is_protocol_violation() {
+            if error.is_final() {
                 return Err(Exit::failure(error.to_string()));
             }
             let Some(delay) = delays.next() else {
@@ -323,7 +330,7 @@ impl Link {
     /// The connection, opened again if the server dropped it.
     async fn connection(&mut self) -> Result<&mut Connection, ConnectionError> {
         if self.conn.is_none() {
-            let (conn, _) = greet(&self.server, &mut self.notify).await?;
+            let (conn, _) = greet(&self.server, &self.connector, &mut self.notify).await?;
             self.conn = Some(conn);
         }
         self.conn.as_mut().ok_or(ConnectionError::Closed)
@@ -333,9 +340,10 @@ impl Link {
 /// Connects and waits for the greeting, explaining a long wait (a paused server).
 async fn greet(
     server: &ServerAddr,
+    connector: &Connector,
     notify: &mut Notify,
 ) -> Result<(Connection, Option<String>), ConnectionError> {
-    let mut conn = Connection::connect(server).await?;
+    let mut conn = connector.connect(server).await?;
     let welcome = match tokio::time::timeout(WELCOME_PATIENCE, conn.welcome(None)).await {
         Ok(welcome) => welcome?,
         Err(_) => {

@@ -8,7 +8,9 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`connection`] | the socket and its frames ([`connection::Transport`] is where TLS would fit) |
+//! | [`connection`] | the frames over any byte stream |
+//! | [`tls`] | TCP or TLS, and whether to trust the server's certificate |
+//! | [`known_servers`] | the trusted fingerprints, and the trust rules |
 //! | [`login`] | resume, login, register: written once, credentials supplied by the front end |
 //! | [`tokens`] | the token file, per server and account name |
 //! | [`session`] | the logged-in event loop |
@@ -29,6 +31,7 @@ pub mod editor;
 #[cfg(test)]
 mod fake_server;
 pub mod keys;
+pub mod known_servers;
 pub mod login;
 pub mod prompt;
 pub mod queue;
@@ -37,6 +40,7 @@ pub mod rooms;
 pub mod scripted;
 pub mod session;
 pub mod terminal;
+pub mod tls;
 pub mod tokens;
 pub mod tty;
 

@@ -30,6 +30,7 @@ use super::login;
 use super::queue::{is_lobby, same_room, Outgoing, Refusal, Secret, SendQueue, Stream, Target};
 use super::reconnect::{self, Attempt, Backoff};
 use super::rooms::RoomView;
+use super::tls::Connector;
 use super::tokens::TokenStore;
 use crate::protocol::{
     ChatMessage, ClientMessage, ErrorCode, HistoryEntry, ServerMessage, LOBBY, MAX_TEXT_CHARS,
@@ -137,6 +138,8 @@ enum Event {
 /// A logged-in session and everything it tracks.
 pub struct Session<O: Output> {
     server: ServerAddr,
+    /// TCP or TLS, for reconnecting.
+    connector: Connector,
     tokens: TokenStore,
     /// Our name as the server spells it (from `auth_ok`), to recognise our echoes.
     name: String,
@@ -169,6 +172,7 @@ impl<O: Output> Session<O> {
     pub fn new(
         conn: Connection,
         server: ServerAddr,
+        connector: Connector,
         tokens: TokenStore,
         name: String,
         out: O,
@@ -177,6 +181,7 @@ impl<O: Output> Session<O> {
         let now = Instant::now();
         Session {
             server,
+            connector,
             tokens,
             name,
             out,
@@ -820,8 +825,14 @@ impl<O: Output> Session<O> {
             shutdown_is_temporary: self.policy.reconnect_after_shutdown,
             bad_frame_is_fatal: self.policy.fail_on_bad_frame,
         };
-        let why = match reconnect::attempt(&self.server, &mut self.tokens, &self.name, rules).await
-        {
+        let attempt = reconnect::attempt(
+            &self.server,
+            &self.connector,
+            &mut self.tokens,
+            &self.name,
+            rules,
+        );
+        let why = match attempt.await {
             Attempt::Resumed(conn, name) => {
                 self.conn = Some(conn);
                 self.name = name;
@@ -888,7 +899,15 @@ mod tests {
         let (conn, fake, server) = fake_server::pair().await;
         let tokens = TokenStore::in_memory(&server.token_key());
         let out = Recorder::default();
-        let session = Session::new(conn, server, tokens, "me".into(), out.clone(), policy);
+        let session = Session::new(
+            conn,
+            server,
+            Connector::plain(),
+            tokens,
+            "me".into(),
+            out.clone(),
+            policy,
+        );
         let (tx, rx) = mpsc::channel(16);
         (session, fake, tx, rx, out)
     }

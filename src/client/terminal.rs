@@ -16,6 +16,7 @@ use super::display::{printable, room_label};
 use super::login::{self, Credentials, How, Link, LoggedIn};
 use super::prompt;
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
+use super::tls::{self, AskTrust, Connector};
 use super::tokens::TokenStore;
 use super::tty::{Answer, SavedTerminal, Ui};
 use super::{Exit, Notify};
@@ -59,10 +60,16 @@ async fn run_inner(args: Args) -> Exit {
 async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
     let mut tokens =
         TokenStore::for_server(args.token_file.clone(), server.token_key(), notify(ui));
-    let mut link = match Link::open(&server, notify(ui)).await {
+    let connector = match tls::from_args(args, notify(ui), Some(ask_trust(ui))) {
+        Ok(connector) => connector,
+        Err(why) => return Exit::failure(why),
+    };
+    let mut link = match Link::open(&server, connector.clone(), notify(ui)).await {
         Ok(link) => link,
         Err(exit) => return exit,
     };
+    // A certificate that changes later, at a reconnection, is refused, not asked about.
+    connector.stop_asking().await;
     let mut prompts = Prompts { ui: ui.clone() };
     let logged_in =
         match login::log_in(&mut link, &mut tokens, args.name.as_deref(), &mut prompts).await {
@@ -70,7 +77,30 @@ async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
             Err(exit) => return exit,
         };
     greet(ui, &logged_in, args.name.is_some());
-    chat(ui, logged_in, server, tokens).await
+    chat(ui, logged_in, server, connector, tokens).await
+}
+
+/// Asks the person whether to trust a server whose certificate nothing vouches for.
+fn ask_trust(ui: &Ui) -> AskTrust {
+    let ui = ui.clone();
+    Box::new(move |intro: Vec<String>| {
+        let ui = ui.clone();
+        Box::pin(async move {
+            for line in intro {
+                ui.print(line);
+            }
+            loop {
+                let Answer::Line(answer) = ui.ask("Trust this server? [y/N] ", false).await else {
+                    return false;
+                };
+                match answer.trim().to_lowercase().as_str() {
+                    "y" | "yes" => return true,
+                    "" | "n" | "no" => return false,
+                    _ => ui.print("Please answer y or n."),
+                }
+            }
+        })
+    })
 }
 
 /// Notices for the login and the token file: printed above the prompt.
@@ -108,7 +138,11 @@ async fn ask_server(args: &Args) -> io::Result<ServerAddr> {
                 .await?
         }
     };
-    Ok(ServerAddr { host, port })
+    Ok(ServerAddr {
+        host,
+        port,
+        tls: args.wants_tls(),
+    })
 }
 
 /// Runs a blocking prompt off the async threads.
@@ -215,7 +249,13 @@ impl Credentials for Prompts {
 
 /// The chat: the editor hands typed lines to the session, the session prints through
 /// the terminal task.
-async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenStore) -> Exit {
+async fn chat(
+    ui: &Ui,
+    logged_in: LoggedIn,
+    server: ServerAddr,
+    connector: Connector,
+    tokens: TokenStore,
+) -> Exit {
     ui.print("Type a message and press Enter; /help lists the commands.");
     // Keys typed while a saved token logged us in, with no question asked, may be
     // a name and password typed blindly: they are dropped, not sent.
@@ -237,7 +277,15 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
         name: logged_in.name.clone(),
     };
     let name = printable(&logged_in.name);
-    let mut session = Session::new(logged_in.conn, server, tokens, logged_in.name, out, policy);
+    let mut session = Session::new(
+        logged_in.conn,
+        server,
+        connector,
+        tokens,
+        logged_in.name,
+        out,
+        policy,
+    );
     match session.run(&mut lines).await {
         Outcome::Quit => Exit::success(),
         Outcome::LoggedOut => {
