@@ -239,6 +239,24 @@ fn a_ca_file_verifies_the_server_and_nothing_is_pinned() {
 }
 
 #[test]
+fn a_corrupt_known_servers_file_refuses_rather_than_forgets() {
+    let cert = TestCert::self_signed();
+    let (server, _) = server_with(vec![Some(cert.clone())]);
+    let f = files();
+    std::fs::create_dir_all(f.known.parent().unwrap()).unwrap();
+    std::fs::write(&f.known, "{ not json").unwrap();
+    let run = script(
+        &server,
+        &f,
+        &["--fingerprint", &cert.fingerprint],
+        "zed\nsecret-pass\n",
+    );
+    assert_refused(&run);
+    assert!(run.stderr.contains("known_servers.json"), "{run:#?}");
+    assert_eq!(std::fs::read_to_string(&f.known).unwrap(), "{ not json");
+}
+
+#[test]
 fn a_tls_servers_token_is_never_sent_in_clear() {
     // The same address speaks TLS first, then plain TCP (a downgrade).
     let cert = TestCert::self_signed();

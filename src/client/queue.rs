@@ -348,8 +348,8 @@ impl SendQueue {
 
     /// A live message: our own copy of the oldest say in flight acknowledges it. The
     /// text and the room or recipient are compared too, since the same user may be
-    /// online from elsewhere.
-    pub fn on_message(&mut self, message: &ChatMessage, me: &str) {
+    /// online from elsewhere. `true` when it did.
+    pub fn on_message(&mut self, message: &ChatMessage, me: &str) -> bool {
         let acknowledges = |f: &InFlight| match &f.request {
             Outgoing::Say { text, target } => is_copy(message, me, text, target),
             _ => false,
@@ -357,7 +357,9 @@ impl SendQueue {
         if self.in_flight.front().is_some_and(acknowledges) {
             self.in_flight.pop_front();
             self.rate_limit_delay = RATE_LIMIT_FIRST_DELAY;
+            return true;
         }
+        false
     }
 
     /// A replayed message after resuming: it may show that a say which was in flight

@@ -579,8 +579,9 @@ impl<O: Output> Session<O> {
                 self.on_history(stream, with.is_some(), messages.collect());
             }
             ServerMessage::Message(m) => {
-                if self.view.is_new(&m) {
-                    self.queue.on_message(&m, &self.name);
+                // Our echo is shown whatever its id: it is the line we typed.
+                let ours = self.queue.on_message(&m, &self.name);
+                if ours || self.view.is_new(&m) {
                     self.show(&m);
                 }
             }
@@ -1224,6 +1225,21 @@ mod tests {
         ] {
             assert!(shown.contains(expected), "{expected:?} in {shown}");
         }
+    }
+
+    #[tokio::test]
+    async fn our_echo_acknowledges_even_with_an_id_already_shown() {
+        let (mut session, mut server, tx, mut rx, out) = session(policy(1, PING_INTERVAL)).await;
+        let client = tokio::spawn(async move { session.run(&mut rx).await });
+        server.send(history("lobby", &[1])).await;
+        end_replay(&mut server).await;
+        tx.send("mine".into()).await.unwrap();
+        drop(tx);
+        assert_eq!(server.recv().await, say_to("mine", None, None));
+        server.send(echo(1, "mine")).await;
+        assert_eq!(server.recv().await, ClientMessage::Quit);
+        assert_eq!(client.await.unwrap(), Outcome::Quit);
+        assert!(shown_after(&out, 1)[0].ends_with("] me: mine"));
     }
 
     #[tokio::test]

@@ -120,6 +120,9 @@ pub struct TlsClient {
     /// `--fingerprint`.
     expected: Option<Fingerprint>,
     known: KnownServers,
+    /// Fingerprints trusted during this run, by `host:port`: they hold for every
+    /// reconnection even if the file could not be written.
+    accepted: Mutex<Vec<(String, Fingerprint)>>,
     /// How to ask a person, while one may be asked.
     ask: tokio::sync::Mutex<Option<AskTrust>>,
     notify: Mutex<Notify>,
@@ -132,7 +135,7 @@ impl TlsClient {
         ca_file: Option<&Path>,
         expected: Option<Fingerprint>,
         known: KnownServers,
-        mut notify: Notify,
+        notify: Notify,
         ask: Option<AskTrust>,
     ) -> Result<TlsClient, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -150,13 +153,10 @@ impl TlsClient {
                 }
             }
             None => {
+                // A system without roots (a bare container) still pins fingerprints;
+                // the refusal of an unknown server then says there are no roots.
                 let found = rustls_native_certs::load_native_certs();
-                let (added, _) = store.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    notify(
-                        "warning: no trusted root certificates found on this system; servers are trusted by fingerprint only",
-                    );
-                }
+                store.add_parsable_certificates(found.certs);
             }
         }
         let roots = if store.is_empty() {
@@ -173,6 +173,7 @@ impl TlsClient {
             roots,
             expected,
             known,
+            accepted: Mutex::new(Vec::new()),
             ask: tokio::sync::Mutex::new(ask),
             notify: Mutex::new(notify),
         })
@@ -187,6 +188,8 @@ impl TlsClient {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectionError> {
         let addr = server.to_string();
         let seen = Arc::new(Mutex::new(None));
+        // A configuration of its own per connection: no TLS session is resumed, so
+        // the certificate is shown, checked and judged every time.
         let verifier = Recorder {
             roots: self.roots.clone(),
             algorithms: self.provider.signature_verification_algorithms,
@@ -227,7 +230,14 @@ impl TlsClient {
     async fn settle(&self, server: &ServerAddr, seen: Seen) -> Result<(), ConnectionError> {
         let key = server.known_key();
         let refuse = |why: String| ConnectionError::Untrusted(why);
-        let saved = self.known.get(&key).map_err(refuse)?;
+        // The file matters only for a certificate no root vouches for.
+        let saved = match &seen.unverified {
+            None => None,
+            Some(_) => match self.known.get(&key).map_err(refuse)? {
+                Some(saved) => Some(saved),
+                None => self.accepted_for(&key),
+            },
+        };
         let mut ask = self.ask.lock().await;
         let unverified = seen.unverified.as_deref().map(printable);
         let decision = decide(&Presented {
@@ -277,9 +287,22 @@ impl TlsClient {
         }
     }
 
+    /// A fingerprint trusted earlier in this run.
+    fn accepted_for(&self, key: &str) -> Option<Fingerprint> {
+        lock(&self.accepted)
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| *f)
+    }
+
     /// Saves a trusted fingerprint; trouble writing is a warning (the server is
     /// trusted for this run anyway).
     fn save(&self, key: &str, fingerprint: Fingerprint) {
+        {
+            let mut accepted = lock(&self.accepted);
+            accepted.retain(|(k, _)| k != key);
+            accepted.push((key.to_string(), fingerprint));
+        }
         if let Err(why) = self.known.save(key, fingerprint) {
             self.tell(&format!("warning: {}", printable(&why)));
         }
