@@ -139,7 +139,7 @@ pub async fn run(args: Args) -> Exit {
     let refused = session.refused();
     match outcome {
         Outcome::Quit | Outcome::LoggedOut if refused > 0 => Exit::failure(format!(
-            "{refused} message(s) or command(s) were not accepted by the server"
+            "{refused} message(s) or account command(s) did not go through (see above)"
         )),
         Outcome::Quit | Outcome::LoggedOut => Exit::success(),
         Outcome::AccountDeleted => {
