@@ -3,23 +3,28 @@
 //! Sessions send it typed requests; it answers by queueing frames on the session's
 //! [`Outbox`] and publishes chat on the shared [`Broadcaster`] ring, serialising each
 //! MESSAGE once. Its state is plain data, each piece in a file of its own and tested
-//! there: [`Connections`], [`Presence`], [`History`], the [`Identities`] and the
-//! [`Limits`]. Its handlers are grouped by what they are about: connecting and greeting
-//! (here), [`accounts`] (authentication, logout), [`chat`] (messages, who),
-//! [`admin`] (the console's commands) and [`shutdown`].
+//! there: [`Connections`], [`Presence`], a [`History`] per room and per account's
+//! direct messages, the [`Identities`], the [`Rooms`] and the [`Limits`]. Its handlers
+//! are grouped by what they are about: connecting and greeting (here), [`accounts`]
+//! (authentication, logout), [`account`] (a user's password and deletion), [`rooms`] (join, part, rooms, who), [`chat`] (messages to
+//! rooms and users, pages of history), [`admin`] (the console's commands) and
+//! [`shutdown`].
 //!
 //! Slow work never runs on its thread: PBKDF2 goes to the [`HashingPool`] (one
 //! computation per core, taking turns between addresses, so a login storm queues
 //! instead of starving chat), and durable state goes to the [`Store`].
 
+mod account;
 mod accounts;
 mod admin;
 mod chat;
 mod connections;
 mod history;
 mod presence;
+mod rooms;
 mod shutdown;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -27,15 +32,19 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+pub use self::account::{ChangePassword, DeleteAccount};
 pub use self::accounts::{AuthOutcome, Authenticate, Credentials, Logout};
 pub use self::admin::{
-    ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, ResumeGreeting, Status,
-    StatusReport,
+    BanAccount, BanError, BanSummary, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
+    PostAsServer, ResumeGreeting, Status, StatusReport, UnbanAccount,
 };
-pub use self::chat::{PostMessage, Who};
+pub use self::chat::{Page, PostMessage};
 pub use self::connections::{Connections, Peer, Refusal};
-pub use self::history::{History, MAX_REPLAY_BYTES};
+pub use self::history::{history_frame, Heading, History, MAX_REPLAY_BYTES};
 pub use self::presence::{Departure, Presence, FLAP_WINDOW, LEFT_GRACE};
+pub use self::rooms::{
+    AnnounceError, JoinRoom, ListRooms, PartRoom, PostInRoom, RoomSummary, RoomsSummary, Who,
+};
 pub use self::shutdown::Shutdown;
 use crate::codec::encode_frame;
 use crate::log_noise;
@@ -45,8 +54,9 @@ use crate::server::hashing::HashingPool;
 use crate::server::identity::{Identities, IdentityChange};
 use crate::server::limits::{KeyedBuckets, WindowLimiter};
 use crate::server::logging::Noise;
-use crate::server::outbound::{Broadcaster, Outbox, SessionId};
-use crate::server::store::{Delivery, Store, StoreHealth};
+use crate::server::outbound::{Broadcaster, Outbox, SessionId, Skip};
+use crate::server::rooms::Rooms;
+use crate::server::store::{Store, StoreHealth};
 use crate::server::unix_ms;
 
 /// How often expired tokens and idle limiter entries are dropped.
@@ -64,6 +74,8 @@ const AUTH_BURST_FACTOR: u32 = 5;
 /// The settings `ChatServer` needs, taken from the command line.
 #[derive(Debug, Clone)]
 pub struct ChatSettings {
+    /// Messages replayed per room (and of direct messages) at login (`--history`).
+    pub history: usize,
     pub pbkdf2_rounds: u32,
     pub token_ttl: Duration,
     /// Connections at once: `--max-conns`, lowered to what the open-file limit allows.
@@ -82,6 +94,7 @@ impl ChatSettings {
     /// `max_conns` connections.
     pub fn from_config(config: &ServerConfig, max_conns: usize) -> ChatSettings {
         ChatSettings {
+            history: config.history,
             pbkdf2_rounds: config.pbkdf2_rounds,
             token_ttl: Duration::from_secs(config.token_ttl),
             max_conns,
@@ -166,15 +179,32 @@ pub struct ChatServer {
     store_health: StoreHealth,
 
     identities: Identities,
+    rooms: Rooms,
     connections: Connections<PeerHandle>,
     presence: Presence,
-    history: History,
+    /// The recent messages of each room (`lobby` included), by room key.
+    room_history: HashMap<String, History>,
+    /// The recent direct messages of each account, by name key.
+    direct_history: HashMap<String, History>,
     limits: Limits,
     /// Keys (name and look-alike) of registrations whose hash is being computed.
     pending_names: std::collections::HashSet<String>,
 
+    /// The lobby's ring: every authenticated connection takes it.
     ring: Broadcaster,
+    /// The rings of the rooms with a member online, by room key.
+    room_rings: HashMap<String, Broadcaster>,
     hashing: HashingPool,
+}
+
+/// What start-up recovered for `ChatServer`.
+pub struct Recovered {
+    pub identities: Identities,
+    pub rooms: Rooms,
+    /// The last messages of each room, by room key, oldest first.
+    pub room_history: HashMap<String, VecDeque<Bytes>>,
+    /// The last direct messages of each account, by name key, with their ids.
+    pub direct_history: HashMap<String, VecDeque<(u64, Bytes)>>,
 }
 
 impl ChatServer {
@@ -182,12 +212,39 @@ impl ChatServer {
     /// system (it starts the hashing pool).
     pub fn new(
         settings: ChatSettings,
-        identities: Identities,
-        history: History,
+        recovered: Recovered,
         store: Box<dyn Store>,
         stop_accepting: CancellationToken,
         address: SocketAddr,
     ) -> ChatServer {
+        let Recovered {
+            identities,
+            rooms,
+            room_history,
+            direct_history,
+        } = recovered;
+        let limit = settings.history;
+        let room_history = room_history
+            .into_iter()
+            .map(|(key, recent)| {
+                let name = rooms.name_of(&key).unwrap_or(&key).to_string();
+                (key, History::new(Heading::Room(name), limit, recent))
+            })
+            .collect();
+        // An account sees the direct messages of its own time only: not those of an
+        // earlier account of the same name.
+        let direct_history = direct_history
+            .into_iter()
+            .filter_map(|(key, recent)| {
+                let since = identities.account_by_key(&key)?.since_id;
+                let recent = recent
+                    .into_iter()
+                    .filter(|(id, _)| *id >= since)
+                    .map(|(_, payload)| payload)
+                    .collect();
+                Some((key, History::new(Heading::Direct, limit, recent)))
+            })
+            .collect();
         ChatServer {
             hashing: HashingPool::start(settings.hashing_slots),
             limits: Limits::new(&settings),
@@ -201,10 +258,13 @@ impl ChatServer {
             paused: false,
             store_health: StoreHealth::Recording,
             identities,
+            rooms,
             presence: Presence::default(),
-            history,
+            room_history,
+            direct_history,
             pending_names: Default::default(),
             ring: Broadcaster::default(),
+            room_rings: HashMap::new(),
         }
     }
 
@@ -248,17 +308,10 @@ impl ChatServer {
         self.store.record_identities(changes, false);
     }
 
-    fn broadcast_event(&self, message: &ServerMessage, skip: Option<SessionId>) {
+    fn broadcast_event(&self, message: &ServerMessage, skip: Option<Skip>) {
         if let Some(frame) = encode(message) {
             self.ring.publish(frame, skip);
         }
-    }
-
-    /// Delivers a recorded message to everyone and keeps it for the next logins.
-    fn deliver(&mut self, delivery: Delivery) {
-        self.history
-            .record(crate::codec::payload_of(&delivery.frame));
-        self.ring.publish(delivery.frame, None);
     }
 
     /// Once the state is on disk and every connection is gone, stop the process.
@@ -284,6 +337,7 @@ impl Actor for ChatServer {
             }
             act.limits.prune(Instant::now());
             act.presence.prune(Instant::now());
+            act.prune_room_rings();
         });
     }
 }

@@ -20,8 +20,12 @@ mod file_store;
 pub use self::file_store::{FileStore, IdAllocator};
 
 use crate::server::identity::IdentityChange;
+use crate::server::rooms::RoomChange;
 use crate::server::store::history_file::{store_reserved_ids, HistoryFile};
+use crate::server::store::history_index::{Conversation, Entry, HistoryIndex};
 use crate::server::store::identity_file::IdentityFile;
+use crate::server::store::rooms_file::RoomsFile;
+use crate::server::store::PageRequest;
 use crate::server::store::StoreHealth;
 
 /// How long appended history may sit in memory before it is written out: the most
@@ -43,6 +47,7 @@ pub struct StatePaths {
     pub journal: PathBuf,
     pub history: PathBuf,
     pub ids: PathBuf,
+    pub rooms: PathBuf,
     pub log: PathBuf,
 }
 
@@ -55,6 +60,7 @@ impl StatePaths {
             journal: dir.join("users.journal"),
             history: dir.join("history.jsonl"),
             ids: dir.join("ids.json"),
+            rooms: dir.join("rooms.json"),
             log: dir.join("server.log"),
         }
     }
@@ -81,7 +87,10 @@ impl PersistError {
 pub struct Persistence {
     paths: StatePaths,
     identities: IdentityFile,
+    rooms: RoomsFile,
     history: HistoryFile,
+    /// Where every message's line is, for paging.
+    index: HistoryIndex,
     /// Told when history stops or starts being writable again.
     health_watcher: Option<Recipient<StoreHealth>>,
     /// Whether the last attempt to write history failed.
@@ -91,13 +100,22 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// A persistence actor over the files recovered at start-up.
-    pub fn new(paths: StatePaths, identities: IdentityFile) -> Persistence {
-        let history = HistoryFile::new(&paths.history);
+    /// A persistence actor over the files recovered at start-up: the identities, the
+    /// rooms, and the history file (`history_len` bytes long) with its index.
+    pub fn new(
+        paths: StatePaths,
+        identities: IdentityFile,
+        rooms: RoomsFile,
+        history_len: u64,
+        index: HistoryIndex,
+    ) -> Persistence {
+        let history = HistoryFile::new(&paths.history, history_len);
         Persistence {
             paths,
             identities,
+            rooms,
             history,
+            index,
             health_watcher: None,
             history_failing: false,
             journal_failing: false,
@@ -203,19 +221,78 @@ impl Handler<RecordIdentities> for Persistence {
     }
 }
 
-/// Append one MESSAGE payload (JSON text, no newline) to `history.jsonl`.
+/// Append one MESSAGE payload (JSON text, no newline) to `history.jsonl`, and index it
+/// under its conversation.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AppendHistory(pub Bytes);
+pub struct AppendHistory {
+    pub payload: Bytes,
+    pub id: u64,
+    pub conversation: Conversation,
+}
 
 impl Handler<AppendHistory> for Persistence {
     type Result = ();
 
     fn handle(&mut self, msg: AppendHistory, _: &mut Self::Context) {
-        self.history.append(&msg.0);
+        let offset = self.history.append(&msg.payload);
+        self.index.add(
+            msg.conversation,
+            Entry {
+                id: msg.id,
+                offset,
+                len: msg.payload.len() as u32,
+            },
+        );
         if self.history.pending_bytes() >= HISTORY_BUFFER_BYTES {
             let _ = self.flush_history(false);
         }
+    }
+}
+
+/// Read a page of older messages (see [`PageRequest`]).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Bytes>, PersistError>")]
+pub struct ReadPage(pub PageRequest);
+
+impl Handler<ReadPage> for Persistence {
+    type Result = Result<Vec<Bytes>, PersistError>;
+
+    fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> Self::Result {
+        let request = msg.0;
+        let entries: Vec<Entry> = self
+            .index
+            .page(
+                &request.conversation,
+                request.before,
+                request.floor,
+                request.limit,
+            )
+            .to_vec();
+        let mut page = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let line = self
+                .history
+                .read_at(entry.offset, entry.len)
+                .map_err(|e| PersistError::new(self.history.path(), e))?;
+            page.push(Bytes::from(line));
+        }
+        Ok(page)
+    }
+}
+
+/// Apply room changes and write `rooms.json`; answered once it is on disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), PersistError>")]
+pub struct RecordRooms(pub Vec<RoomChange>);
+
+impl Handler<RecordRooms> for Persistence {
+    type Result = Result<(), PersistError>;
+
+    fn handle(&mut self, msg: RecordRooms, _: &mut Self::Context) -> Self::Result {
+        self.rooms
+            .record(&msg.0)
+            .map_err(|e| PersistError::new(self.rooms.path(), e))
     }
 }
 

@@ -1,4 +1,4 @@
-//! `Session`: one actor per TCP connection, bridging the framed stream and `ChatServer`.
+//! `Session`: one actor per connection, bridging its transport and `ChatServer`.
 //!
 //! It reads frames (the codec enforces `--max-frame` from the header), answers what it
 //! can alone — malformed requests, `ping`, requests out of place, the `--msg-rate`
@@ -14,27 +14,21 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
 
 use super::chat_server::{
-    AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Greeted, Logout,
-    PeerHandle, PostMessage, Who,
+    AuthOutcome, Authenticate, ChangePassword, ChatServer, Connect, Credentials, DeleteAccount,
+    Disconnect, Greeted, JoinRoom, ListRooms, Logout, Page, PartRoom, PeerHandle, PostMessage, Who,
 };
-use crate::codec::{encode_frame, FrameCodec, FrameError};
+use crate::codec::encode_frame;
 use crate::log_noise;
-use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_TEXT_CHARS};
+use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, MAX_PAGE, MAX_TEXT_CHARS};
 use crate::server::config::ServerConfig;
 use crate::server::limits::ConnectionSlot;
 use crate::server::limits::TokenBucket;
 use crate::server::logging::Noise;
 use crate::server::outbound::{direct_queue, run_writer, Outbox, SessionId, WriterEnd};
+use crate::server::transport::{Inbound, InboundStream, Transport};
 use crate::text;
-
-/// Initial read buffer per connection; it grows only for a frame that needs it, so an
-/// idle connection costs little.
-const READ_BUFFER: usize = 512;
 
 /// How often the idle timeout is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -96,9 +90,9 @@ pub struct Session {
     server: Addr<ChatServer>,
     settings: Arc<SessionSettings>,
     /// The socket until `started` splits it.
-    stream: Option<std::net::TcpStream>,
+    transport: Option<Box<dyn Transport>>,
     /// The read half until the connection is greeted.
-    reader: Option<OwnedReadHalf>,
+    inbound: Option<InboundStream>,
     outbox: Option<Outbox>,
     stage: Stage,
     last_heard: Instant,
@@ -119,7 +113,7 @@ impl Session {
     pub fn new(
         id: SessionId,
         peer: SocketAddr,
-        stream: std::net::TcpStream,
+        transport: Box<dyn Transport>,
         server: Addr<ChatServer>,
         settings: Arc<SessionSettings>,
         slot: ConnectionSlot,
@@ -130,8 +124,8 @@ impl Session {
             peer,
             server,
             settings,
-            stream: Some(stream),
-            reader: None,
+            transport: Some(transport),
+            inbound: None,
             outbox: None,
             stage: Stage::Waiting,
             last_heard: Instant::now(),
@@ -229,8 +223,40 @@ impl Session {
                 | ClientMessage::Login { .. }
                 | ClientMessage::Register { .. },
             ) => self.refuse_bad_input(ErrorCode::BadRequest, "already authenticated", ctx),
-            (Stage::User(_), ClientMessage::Say { text, .. }) => self.post_message(text, ctx),
-            (Stage::User(_), ClientMessage::Who { .. }) => self.server.do_send(Who { id: self.id }),
+            (Stage::User(_), ClientMessage::Say { text, room, to }) => {
+                self.post_message(text, room, to, ctx)
+            }
+            (Stage::User(_), ClientMessage::Who { room }) => {
+                self.server.do_send(Who { id: self.id, room })
+            }
+            (Stage::User(_), ClientMessage::Join { room }) => {
+                // Nothing more is read until the room is joined: a `say` sent right after
+                // the `join` finds this connection in the room.
+                self.server
+                    .send(JoinRoom { id: self.id, room })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::Part { room }) => {
+                self.server
+                    .send(PartRoom { id: self.id, room })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::Rooms) => {
+                self.server.do_send(ListRooms { id: self.id })
+            }
+            (
+                Stage::User(_),
+                ClientMessage::History {
+                    room,
+                    with,
+                    before,
+                    limit,
+                },
+            ) => self.page(room, with, before, limit, ctx),
             (Stage::User(_), ClientMessage::Logout) => {
                 self.server
                     .send(Logout { id: self.id })
@@ -239,15 +265,33 @@ impl Session {
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
-            (
-                Stage::User(_),
-                ClientMessage::Join { .. }
-                | ClientMessage::Part { .. }
-                | ClientMessage::Rooms
-                | ClientMessage::History { .. }
-                | ClientMessage::ChangePassword { .. }
-                | ClientMessage::DeleteAccount { .. },
-            ) => self.reply_error(ErrorCode::BadRequest, "not supported yet"),
+            (Stage::User(_), ClientMessage::ChangePassword { old, new }) => {
+                if !crate::auth::is_valid_password(&new) {
+                    let rule = crate::auth::password_rule();
+                    self.reply_error(ErrorCode::InvalidPassword, rule);
+                    return;
+                }
+                // One request at a time: nothing more is read until it is answered.
+                self.server
+                    .send(ChangePassword {
+                        id: self.id,
+                        old,
+                        new,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::DeleteAccount { password }) => {
+                self.server
+                    .send(DeleteAccount {
+                        id: self.id,
+                        password,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
         }
     }
 
@@ -267,7 +311,52 @@ impl Session {
             .wait(ctx);
     }
 
-    fn post_message(&mut self, text: String, ctx: &mut Context<Self>) {
+    /// Checks a history request and forwards it.
+    fn page(
+        &mut self,
+        room: Option<String>,
+        with: Option<String>,
+        before: Option<u64>,
+        limit: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let problem = if room.is_some() && with.is_some() {
+            Some("a history request names a room or a user, not both".to_string())
+        } else if limit.is_some_and(|l| !(1..=MAX_PAGE).contains(&l)) {
+            Some(format!("limit is from 1 to {MAX_PAGE}"))
+        } else if before == Some(0) {
+            Some("before is a message id, a positive integer".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.refuse_bad_input(ErrorCode::BadRequest, &problem, ctx);
+            return;
+        }
+        self.server.do_send(Page {
+            id: self.id,
+            room,
+            with,
+            before,
+            limit,
+        });
+    }
+
+    fn post_message(
+        &mut self,
+        text: String,
+        room: Option<String>,
+        to: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if room.is_some() && to.is_some() {
+            self.refuse_bad_input(
+                ErrorCode::BadRequest,
+                "a message goes to a room or to a user, not both",
+                ctx,
+            );
+            return;
+        }
         if text.is_empty() {
             self.refuse_bad_input(ErrorCode::BadRequest, "empty message", ctx);
             return;
@@ -292,7 +381,12 @@ impl Session {
         self.says_in_flight += 1;
         let taken = self
             .server
-            .send(PostMessage { id: self.id, text })
+            .send(PostMessage {
+                id: self.id,
+                text,
+                room,
+                to,
+            })
             .into_actor(self)
             .map(|_, act, _| act.says_in_flight -= 1);
         if self.says_in_flight >= SAYS_IN_FLIGHT {
@@ -342,29 +436,36 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let stream = self.stream.take().map(TcpStream::from_std);
-        let stream = match stream {
-            Some(Ok(stream)) => stream,
-            Some(Err(err)) => {
+        let opened = match self.transport.take() {
+            Some(transport) => transport.open(self.settings.max_frame),
+            None => {
+                ctx.stop();
+                return;
+            }
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
                 log::error!(
-                    "session {} from {}: socket unusable: {err}",
+                    "session {} from {}: connection unusable: {err}",
                     self.id,
                     self.peer
                 );
                 ctx.stop();
                 return;
             }
-            None => {
-                ctx.stop();
-                return;
-            }
         };
-        let (reader, writer) = stream.into_split();
-        self.reader = Some(reader);
+        self.inbound = Some(opened.inbound);
         let (outbox, queue) = direct_queue();
         self.outbox = Some(outbox.clone());
         let me = ctx.address();
-        let writer = run_writer(self.id, writer, queue, self.settings.send_queue);
+        let writer = run_writer(
+            self.id,
+            opened.writer,
+            opened.reset,
+            queue,
+            self.settings.send_queue,
+        );
         actix::spawn(async move {
             let end = writer.await;
             me.do_send(WriterFinished(end));
@@ -393,12 +494,11 @@ impl Handler<Greeted> for Session {
     type Result = ();
 
     fn handle(&mut self, _: Greeted, ctx: &mut Self::Context) {
-        let Some(reader) = self.reader.take() else {
+        let Some(inbound) = self.inbound.take() else {
             return;
         };
         self.stage = Stage::Anonymous;
-        let codec = FrameCodec::new(self.settings.max_frame);
-        ctx.add_stream(FramedRead::with_capacity(reader, codec, READ_BUFFER));
+        ctx.add_stream(inbound);
         self.start_timers(ctx);
     }
 }
@@ -444,24 +544,30 @@ impl Handler<WriterFinished> for Session {
     }
 }
 
-impl StreamHandler<Result<Bytes, FrameError>> for Session {
-    fn handle(&mut self, item: Result<Bytes, FrameError>, ctx: &mut Self::Context) {
+impl StreamHandler<Inbound> for Session {
+    fn handle(&mut self, item: Inbound, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match item {
-            Ok(payload) => self.handle_payload(payload, ctx),
-            Err(err @ FrameError::TooLarge { .. }) => {
+            Inbound::Payload(payload) => self.handle_payload(payload, ctx),
+            Inbound::Binary => self.refuse_bad_input(
+                ErrorCode::BadRequest,
+                "binary messages are not accepted; send each JSON object as text",
+                ctx,
+            ),
+            Inbound::TooLarge { len, max } => {
+                let reason = format!("frame of {len} bytes exceeds the limit of {max} bytes");
                 log_noise!(
                     self.peer.ip(),
                     Noise::BadInput,
                     log::Level::Warn,
-                    "session {} from {}: {err}; closing",
+                    "session {} from {}: {reason}; closing",
                     self.id,
                     self.peer
                 );
-                self.reply_error(ErrorCode::FrameTooLarge, err.to_string());
+                self.reply_error(ErrorCode::FrameTooLarge, reason);
                 self.close(ctx);
             }
-            Err(FrameError::Io(err)) => {
+            Inbound::Failed(err) => {
                 log_noise!(
                     self.peer.ip(),
                     Noise::Connection,

@@ -26,6 +26,10 @@ pub enum ConfigError {
     MaxFrame(usize),
     #[error("--token-ttl must be at least 1 second")]
     TokenTtl,
+    #[error("--tls-only needs --tls-port")]
+    TlsOnlyWithoutPort,
+    #[error("--tls-cert and --tls-key go together")]
+    CertWithoutKey,
     #[error("--host {host}: cannot resolve it: {source}")]
     Unresolvable {
         host: String,
@@ -51,6 +55,23 @@ pub struct ServerConfig {
     /// Without it, and with stdin on a terminal, the server asks.
     #[arg(long, env = "ECHOCHAT_PORT")]
     pub port: Option<u16>,
+
+    /// Also listen with TLS on this port (the 99 after it are tried too; 0: the OS picks).
+    #[arg(long, env = "ECHOCHAT_TLS_PORT")]
+    pub tls_port: Option<u16>,
+
+    /// Listen with TLS only (needs --tls-port): no plaintext listener.
+    #[arg(long, env = "ECHOCHAT_TLS_ONLY")]
+    pub tls_only: bool,
+
+    /// PEM certificate chain for TLS (with --tls-key); without both, the server's own
+    /// self-signed certificate in <state-dir>/tls/.
+    #[arg(long, env = "ECHOCHAT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "ECHOCHAT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 
     /// Folder for users.json, history.jsonl and server.log (created if missing).
     #[arg(long, env = "ECHOCHAT_STATE_DIR", default_value = "./state")]
@@ -123,6 +144,12 @@ impl ServerConfig {
         }
         if self.token_ttl == 0 {
             return Err(ConfigError::TokenTtl);
+        }
+        if self.tls_only && self.tls_port.is_none() {
+            return Err(ConfigError::TlsOnlyWithoutPort);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::CertWithoutKey);
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! line, the listening socket, outbound delivery, limits, password hashing, the log,
 //! the identities, and the files of the state folder.
 
+pub mod cluster;
 pub mod config;
 pub mod hashing;
 pub mod identity;
@@ -9,8 +10,11 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod outbound;
+pub mod rooms;
 mod start;
 pub mod store;
+pub mod tls;
+pub mod transport;
 
 pub use start::{run, StartError};
 

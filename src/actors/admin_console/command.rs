@@ -21,8 +21,24 @@ pub enum Command {
     ClearLogs,
     ClearIds,
     Kick(String),
-    /// `say TEXT`: a message from `server` to everyone.
+    /// `say TEXT`: a message from `server` in `lobby`.
     Announce(String),
+    /// Every room, its member count and its members online.
+    Rooms,
+    /// `say-in ROOM TEXT`: a message from `server` in a room.
+    AnnounceIn {
+        room: String,
+        text: String,
+    },
+    /// `ban NAME [REASON]`.
+    Ban {
+        name: String,
+        reason: String,
+    },
+    Unban(String),
+    Bans,
+    /// Read the TLS certificate files again.
+    ReloadTls,
     Shutdown,
 }
 
@@ -61,7 +77,13 @@ commands:
   clear-logs        empty the log file
   clear-ids         forget every account, password, IP identification and token
   kick NAME         disconnect a user, telling them why
-  say TEXT          a message from 'server' to everyone
+  say TEXT          a message from 'server' in lobby
+  rooms             every room, its members and who of them is online
+  ban NAME [REASON] keep an account out (its connections are closed)
+  unban NAME        lift a ban
+  bans              the banned accounts, why and since when
+  reload-tls        read the TLS certificate and key again (also: SIGHUP)
+  say-in ROOM TEXT  a message from 'server' in a room
   shutdown          stop the server (also: exit, quit)";
 
 /// Parses one console line. An empty line is `Ok(None)`.
@@ -119,6 +141,62 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, ConsoleError> {
             ),
         )),
         "say" => Ok(Some(Command::Announce(rest.to_string()))),
+        "rooms" => no_args(Command::Rooms, "rooms"),
+        "bans" => no_args(Command::Bans, "bans"),
+        "reload-tls" => no_args(Command::ReloadTls, "reload-tls"),
+        "ban" | "unban" => {
+            let usage_text = if word == "ban" {
+                "ban NAME [REASON]"
+            } else {
+                "unban NAME"
+            };
+            let mut parts = rest.splitn(2, char::is_whitespace);
+            let Some(name) = parts.next().filter(|n| !n.is_empty()) else {
+                return Err(usage(usage_text, "the name is missing".into()));
+            };
+            let reason = parts.next().unwrap_or("").trim();
+            if word == "unban" {
+                if !reason.is_empty() {
+                    return Err(usage(
+                        usage_text,
+                        format!("one name, without spaces; got '{}'", quote(rest)),
+                    ));
+                }
+                return Ok(Some(Command::Unban(name.to_string())));
+            }
+            if reason.chars().count() > MAX_TEXT_CHARS {
+                return Err(usage(
+                    usage_text,
+                    format!("at most {MAX_TEXT_CHARS} characters of reason"),
+                ));
+            }
+            Ok(Some(Command::Ban {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            }))
+        }
+        "say-in" => {
+            let usage_text = "say-in ROOM TEXT";
+            let Some((room, text)) = rest.split_once(char::is_whitespace) else {
+                let problem = if rest.is_empty() {
+                    "the room and the text are missing".to_string()
+                } else {
+                    "the text is missing".to_string()
+                };
+                return Err(usage(usage_text, problem));
+            };
+            let text = text.trim();
+            if text.chars().count() > MAX_TEXT_CHARS {
+                return Err(usage(
+                    usage_text,
+                    format!("at most {MAX_TEXT_CHARS} characters of text"),
+                ));
+            }
+            Ok(Some(Command::AnnounceIn {
+                room: room.to_string(),
+                text: text.to_string(),
+            }))
+        }
         _ => Err(ConsoleError::Unknown(word.to_string())),
     }
 }
@@ -154,6 +232,30 @@ mod tests {
         for word in ["shutdown", "exit", "quit"] {
             assert_eq!(parse(word), Ok(Some(Command::Shutdown)));
         }
+        assert_eq!(parse("rooms"), Ok(Some(Command::Rooms)));
+        assert_eq!(parse("bans"), Ok(Some(Command::Bans)));
+        assert_eq!(
+            parse("ban mal  spam, and worse "),
+            Ok(Some(Command::Ban {
+                name: "mal".into(),
+                reason: "spam, and worse".into()
+            }))
+        );
+        assert_eq!(
+            parse("ban mal"),
+            Ok(Some(Command::Ban {
+                name: "mal".into(),
+                reason: String::new()
+            }))
+        );
+        assert_eq!(parse("unban mal"), Ok(Some(Command::Unban("mal".into()))));
+        assert_eq!(
+            parse("say-in Ops  hello  all "),
+            Ok(Some(Command::AnnounceIn {
+                room: "Ops".into(),
+                text: "hello  all".into()
+            }))
+        );
     }
 
     #[test]
@@ -195,6 +297,18 @@ mod tests {
             ("say", "usage: say TEXT (the text is missing)"),
             ("say    ", "usage: say TEXT (the text is missing)"),
             ("exit now", "usage: shutdown"),
+            (
+                "say-in",
+                "usage: say-in ROOM TEXT (the room and the text are missing)",
+            ),
+            (
+                "say-in ops",
+                "usage: say-in ROOM TEXT (the text is missing)",
+            ),
+            ("rooms all", "usage: rooms (it takes no argument"),
+            ("ban", "usage: ban NAME [REASON] (the name is missing)"),
+            ("unban", "usage: unban NAME (the name is missing)"),
+            ("unban a b", "usage: unban NAME (one name"),
         ] {
             let text = shown(line);
             assert!(text.starts_with(start), "{line:?}: {text}");

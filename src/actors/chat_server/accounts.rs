@@ -15,10 +15,10 @@ use super::{ChatServer, Lifecycle};
 use crate::auth;
 use crate::log_noise;
 use crate::names::{self, confusable_keys, name_key};
-use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage};
+use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage, LOBBY};
 use crate::server::identity::{Account, IdentityChange};
 use crate::server::logging::Noise;
-use crate::server::outbound::SessionId;
+use crate::server::outbound::{SessionId, Skip};
 use crate::server::store::StoreError;
 use crate::server::unix_ms;
 
@@ -108,8 +108,16 @@ impl ChatServer {
     /// A valid token always logs in: checking one is cheap, so the guess limiter is
     /// asked only about tokens that fail.
     fn resume(&mut self, id: SessionId, ip: IpAddr, token: &str) -> AuthOutcome {
+        if let Some(ban) = self.identities.ban_of_token(token) {
+            let message = ban_sentence(&ban.reason);
+            return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+        }
         if let Some((key, account, digest)) = self.identities.check_token(token, unix_ms()) {
             let (key, name) = (key.to_string(), account.name.clone());
+            if let Some(ban) = self.identities.ban_of(&key) {
+                let message = ban_sentence(&ban.reason);
+                return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+            }
             // Spent by this use.
             self.note_identities(vec![IdentityChange::RevokeToken { digest }]);
             return self.complete_login(id, &key, &name, false);
@@ -139,6 +147,16 @@ impl ChatServer {
             return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::UnknownUser)));
         };
         let (key, stored) = (key.clone(), account.password_hash.clone());
+        // Banned whatever the password: nothing to check, nothing to count.
+        if let Some(ban) = self.identities.ban_of(&key) {
+            let message = ban_sentence(&ban.reason);
+            return Box::pin(fut::ready(self.refuse_with(
+                id,
+                ip,
+                AuthErrorCode::Banned,
+                message,
+            )));
+        }
         if self.limits.guesses_by_account.exceeded(&key, now) {
             log_noise!(
                 ip,
@@ -163,6 +181,10 @@ impl ChatServer {
                 match (verdict, current) {
                     (_, None) => act.refuse(id, ip, AuthErrorCode::UnknownUser),
                     (Some(Ok(true)), Some(account)) if account.password_hash == stored => {
+                        if let Some(ban) = act.identities.ban_of(&key) {
+                            let message = ban_sentence(&ban.reason);
+                            return act.refuse_with(id, ip, AuthErrorCode::Banned, message);
+                        }
                         act.complete_login(id, &key, &account.name, false)
                     }
                     (Some(Ok(_)), Some(_)) => {
@@ -241,6 +263,8 @@ impl ChatServer {
                                 name: name.clone(),
                                 password_hash,
                                 created_ms: unix_ms(),
+                                // Direct messages from here on are this account's.
+                                since_id: act.store.last_id() + 1,
                             };
                             Either::Left(act.save_account(account))
                         }
@@ -321,26 +345,41 @@ impl ChatServer {
         };
         // Logged before anything is sent, so the log never lags what the client saw.
         log::info!("session {id} from {ip} authenticated as {name} (new user: {new_user})");
-        let history = self.history.frame();
-        let subscription = self.ring.subscribe();
-        let Some(peer) = self.connections.get_mut(id) else {
+        self.connections.authenticate(id, key, digest);
+        // The history of lobby, then of each of the account's rooms (sorted), then its
+        // direct messages if it has any; and in the same step, every ring, so that no
+        // message falls between a snapshot and its ring, or comes twice.
+        let rooms = self.rooms.rooms_of(key);
+        let mut frames = vec![self.room_history(LOBBY).frame()];
+        for room in &rooms {
+            frames.push(self.room_history(room).frame());
+        }
+        if let Some(direct) = self.direct_history.get_mut(key) {
+            if !direct.is_empty() {
+                frames.push(direct.frame());
+            }
+        }
+        let subscription = self.ring.subscribe(Some(key.into()));
+        let Some(peer) = self.connections.get(id) else {
             return AuthOutcome::Refused;
         };
-        peer.user = Some(key.to_string());
-        peer.token_digest = Some(digest);
         if let Some(frame) = super::encode(&auth_ok) {
             peer.handle.outbox.send(frame);
         }
-        peer.handle.outbox.send(history);
-        // Same step as the history snapshot: no message falls between them or comes twice.
+        for frame in frames {
+            peer.handle.outbox.send(frame);
+        }
         peer.handle.outbox.subscribe(subscription);
+        for room in &rooms {
+            self.subscribe_to_room(id, room, key);
+        }
 
         if self.presence.arrive(key, name) {
             self.broadcast_event(
                 &ServerMessage::Joined {
                     name: name.to_string(),
                 },
-                Some(id),
+                Some(Skip::Session(id)),
             );
         }
         AuthOutcome::Authenticated {
@@ -351,21 +390,18 @@ impl ChatServer {
     /// A refused authentication: logged and answered. (Whether it counts against a
     /// limit is for the caller to say.)
     fn refuse(&mut self, id: SessionId, ip: IpAddr, code: AuthErrorCode) -> AuthOutcome {
-        let message = match code {
-            AuthErrorCode::UnknownUser => "no account has that name".to_string(),
-            AuthErrorCode::BadPassword => "wrong password".to_string(),
-            AuthErrorCode::NameTaken => {
-                "that name (or one that looks like it) is taken".to_string()
-            }
-            AuthErrorCode::InvalidToken => "the token is unknown, spent or expired".to_string(),
-            AuthErrorCode::InvalidName => names::name_rule(),
-            AuthErrorCode::InvalidPassword => auth::password_rule(),
-            AuthErrorCode::RateLimited => {
-                "too many attempts; wait a while and try again".to_string()
-            }
-            AuthErrorCode::Banned => "this account is banned".to_string(),
-            AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
-        };
+        let message = refusal_sentence(code);
+        self.refuse_with(id, ip, code, message)
+    }
+
+    /// [`refuse`](Self::refuse) with a message of its own.
+    fn refuse_with(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        code: AuthErrorCode,
+        message: String,
+    ) -> AuthOutcome {
         if code == AuthErrorCode::RateLimited {
             log_noise!(
                 ip,
@@ -391,6 +427,30 @@ impl ChatServer {
         pending_keys(name)
             .iter()
             .any(|k| self.pending_names.contains(k))
+    }
+}
+
+/// The message of an `auth_error` of `code`.
+fn refusal_sentence(code: AuthErrorCode) -> String {
+    match code {
+        AuthErrorCode::UnknownUser => "no account has that name".to_string(),
+        AuthErrorCode::BadPassword => "wrong password".to_string(),
+        AuthErrorCode::NameTaken => "that name (or one that looks like it) is taken".to_string(),
+        AuthErrorCode::InvalidToken => "the token is unknown, spent or expired".to_string(),
+        AuthErrorCode::InvalidName => names::name_rule(),
+        AuthErrorCode::InvalidPassword => auth::password_rule(),
+        AuthErrorCode::RateLimited => "too many attempts; wait a while and try again".to_string(),
+        AuthErrorCode::Banned => "this account is banned".to_string(),
+        AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
+    }
+}
+
+/// What a banned account is told.
+pub(super) fn ban_sentence(reason: &str) -> String {
+    if reason.is_empty() {
+        "this account is banned from this server".to_string()
+    } else {
+        format!("this account is banned from this server: {reason}")
     }
 }
 

@@ -1,27 +1,35 @@
-//! Chat: a message from a user to everyone, and who is online.
+//! Chat: messages to a room or to a user, and pages of older ones.
 //!
 //! A message is given its id by the [`Store`](crate::server::store::Store), serialised
-//! once, kept for the next logins and published on the ring; the sender's own copy is
-//! its acknowledgement. `--msg-rate` holds per account here (each session holds it per
-//! connection).
+//! once, kept for the next logins and published on its room's ring, or queued for every
+//! connection of the two users of a direct message; the sender's own copy is its
+//! acknowledgement. `--msg-rate` holds per account here (each session holds it per
+//! connection). Pages are read from the whole history on disk, through its index.
 
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{ChatServer, Lifecycle};
+use super::{history_frame, ChatServer, Heading, History, Lifecycle};
+use crate::codec::payload_of;
 use crate::log_noise;
-use crate::protocol::{ErrorCode, ServerMessage};
+use crate::protocol::{ErrorCode, DEFAULT_PAGE, LOBBY};
 use crate::server::logging::Noise;
 use crate::server::outbound::SessionId;
-use crate::server::store::{Draft, StoreError, StoreHealth, Submitted};
+use crate::server::store::history_index::Conversation;
+use crate::server::store::{
+    Delivery, Draft, PageRequest, StoreError, StoreHealth, Submitted, Target,
+};
 
-/// A chat message from an authenticated connection (its text already checked).
+/// A chat message from an authenticated connection (its text already checked; at most
+/// one of `room` and `to`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PostMessage {
     pub id: SessionId,
     pub text: String,
+    pub room: Option<String>,
+    pub to: Option<String>,
 }
 
 impl Handler<PostMessage> for ChatServer {
@@ -39,6 +47,27 @@ impl Handler<PostMessage> for ChatServer {
         };
         let Some(name) = self.presence.name_of(&key).map(str::to_string) else {
             return;
+        };
+        let target = match (msg.room, msg.to) {
+            (_, Some(to)) => match self.identities.find(&to) {
+                Some((to_key, account)) => Target::Direct {
+                    to: account.name.clone(),
+                    to_key: to_key.clone(),
+                    from_key: key.clone(),
+                },
+                None => {
+                    self.send_error(msg.id, ErrorCode::UnknownUser, "no account has that name");
+                    return;
+                }
+            },
+            (Some(room), None) => match self.room_for_member(&room, &key) {
+                Ok(room_key) => self.room_target(&room_key),
+                Err(refusal) => {
+                    self.refuse_room(msg.id, &refusal);
+                    return;
+                }
+            },
+            (None, None) => self.room_target(LOBBY),
         };
         if self.store_health == StoreHealth::NotRecording {
             self.send_error(
@@ -63,7 +92,7 @@ impl Handler<PostMessage> for ChatServer {
             );
             return;
         }
-        if let Err(err) = self.post(name, msg.text) {
+        if let Err(err) = self.post(name, msg.text, target) {
             log::error!("a message from session {} was not recorded: {err}", msg.id);
             self.send_error(
                 msg.id,
@@ -75,16 +104,77 @@ impl Handler<PostMessage> for ChatServer {
 }
 
 impl ChatServer {
-    /// Records a message from `from` and delivers it; its id, or why it was refused.
-    pub(super) fn post(&mut self, from: String, text: String) -> Result<u64, StoreError> {
-        match self.store.submit(Draft { from, text }) {
+    /// Where a message to the room `key` goes.
+    fn room_target(&self, key: &str) -> Target {
+        Target::Room {
+            name: self.rooms.name_of(key).unwrap_or(key).to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Records a message from `from` in the room `key` and delivers it.
+    pub(super) fn post_to_room(
+        &mut self,
+        from: String,
+        key: &str,
+        text: String,
+    ) -> Result<u64, StoreError> {
+        let target = self.room_target(key);
+        self.post(from, text, target)
+    }
+
+    /// Records a message and delivers it; its id, or why it was refused.
+    fn post(&mut self, from: String, text: String, target: Target) -> Result<u64, StoreError> {
+        match self.store.submit(Draft {
+            from,
+            text,
+            target: target.clone(),
+        }) {
             Submitted::Delivered(delivery) => {
                 let id = delivery.id;
-                self.deliver(delivery);
+                self.deliver(delivery, &target);
                 Ok(id)
             }
             Submitted::Refused(err) => Err(err),
         }
+    }
+
+    /// Delivers a recorded message to whoever it is for, and keeps it for the next
+    /// logins.
+    fn deliver(&mut self, delivery: Delivery, target: &Target) {
+        let payload = payload_of(&delivery.frame);
+        match target {
+            Target::Room { key, .. } => {
+                self.room_history(key).record(payload);
+                if key == LOBBY {
+                    self.ring.publish(delivery.frame, None);
+                } else if let Some(ring) = self.room_rings.get(key) {
+                    ring.publish(delivery.frame, None);
+                }
+            }
+            Target::Direct {
+                to_key, from_key, ..
+            } => {
+                let mut users = vec![from_key.as_str()];
+                if to_key != from_key {
+                    users.push(to_key);
+                }
+                for user in users {
+                    self.direct_history(user).record(payload.clone());
+                    for (_, peer) in self.connections.of_user(user) {
+                        peer.handle.outbox.send(delivery.frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The recent direct messages of an account, made on first use.
+    pub(super) fn direct_history(&mut self, user: &str) -> &mut History {
+        let limit = self.settings.history;
+        self.direct_history
+            .entry(user.to_string())
+            .or_insert_with(|| History::new(Heading::Direct, limit, Default::default()))
     }
 }
 
@@ -99,18 +189,81 @@ impl Handler<StoreHealth> for ChatServer {
     }
 }
 
-/// Who is online, answered to the asking connection.
+/// A page of older messages of a room (`room`) or of a conversation (`with`), answered
+/// to the asking connection (the request already checked: one of the two at most,
+/// `limit` in range, `before` positive).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Who {
+pub struct Page {
     pub id: SessionId,
+    pub room: Option<String>,
+    pub with: Option<String>,
+    pub before: Option<u64>,
+    pub limit: Option<u64>,
 }
 
-impl Handler<Who> for ChatServer {
-    type Result = ();
+impl Handler<Page> for ChatServer {
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Who, _: &mut Self::Context) {
-        let users = self.presence.names();
-        self.send_to(msg.id, &ServerMessage::Who { room: None, users });
+    fn handle(&mut self, msg: Page, _: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        let Some(user) = self.user_of(id) else {
+            return Box::pin(fut::ready(()));
+        };
+        let limit = msg.limit.unwrap_or(DEFAULT_PAGE) as usize;
+        let (conversation, floor, heading) = match (msg.room, msg.with) {
+            (_, Some(with)) => {
+                let Some((other_key, other)) = self.identities.find(&with) else {
+                    self.send_error(id, ErrorCode::UnknownUser, "no account has that name");
+                    return Box::pin(fut::ready(()));
+                };
+                let mine = self
+                    .identities
+                    .account_by_key(&user)
+                    .map_or(0, |a| a.since_id);
+                (
+                    Conversation::direct(&user, other_key),
+                    mine.max(other.since_id),
+                    Heading::With(other.name.clone()),
+                )
+            }
+            (room, None) => {
+                let room = room.unwrap_or_else(|| LOBBY.to_string());
+                match self.room_for_member(&room, &user) {
+                    Ok(key) => {
+                        let name = self.rooms.name_of(&key).unwrap_or(&key).to_string();
+                        (Conversation::Room(key), 0, Heading::Room(name))
+                    }
+                    Err(refusal) => {
+                        self.refuse_room(id, &refusal);
+                        return Box::pin(fut::ready(()));
+                    }
+                }
+            }
+        };
+        let page = self.store.page(PageRequest {
+            conversation,
+            before: msg.before,
+            floor,
+            limit,
+        });
+        Box::pin(
+            fut::wrap_future(page).map(move |page, act: &mut Self, _| match page {
+                Ok(payloads) => {
+                    let frame = history_frame(&heading, payloads.iter());
+                    if let Some(peer) = act.connections.get(id) {
+                        peer.handle.outbox.send(frame);
+                    }
+                }
+                Err(err) => {
+                    log::error!("a page of history could not be read: {err}");
+                    act.send_error(
+                        id,
+                        ErrorCode::Internal,
+                        "history could not be read right now",
+                    );
+                }
+            }),
+        )
     }
 }

@@ -46,6 +46,8 @@ pub struct Connections<H> {
     max_conns_per_ip: usize,
     peers: HashMap<SessionId, Peer<H>>,
     per_ip: HashMap<IpAddr, usize>,
+    /// The authenticated connections of each user, by name key.
+    by_user: HashMap<String, Vec<SessionId>>,
     /// Connections accepted while greeting is paused, in arrival order.
     waiting: VecDeque<SessionId>,
 }
@@ -59,6 +61,7 @@ impl<H> Connections<H> {
             max_conns_per_ip,
             peers: HashMap::new(),
             per_ip: HashMap::new(),
+            by_user: HashMap::new(),
             waiting: VecDeque::new(),
         }
     }
@@ -104,7 +107,32 @@ impl<H> Connections<H> {
             }
         }
         self.waiting.retain(|waiting| *waiting != id);
+        if let Some(key) = &peer.user {
+            self.forget_user_session(key, id);
+        }
         Some(peer)
+    }
+
+    /// Records that connection `id` is authenticated as the user `key`.
+    pub fn authenticate(&mut self, id: SessionId, key: &str, token_digest: String) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let old = peer.user.replace(key.to_string());
+        peer.token_digest = Some(token_digest);
+        if let Some(old) = old {
+            self.forget_user_session(&old, id);
+        }
+        self.by_user.entry(key.to_string()).or_default().push(id);
+    }
+
+    fn forget_user_session(&mut self, key: &str, id: SessionId) {
+        if let Some(sessions) = self.by_user.get_mut(key) {
+            sessions.retain(|s| *s != id);
+            if sessions.is_empty() {
+                self.by_user.remove(key);
+            }
+        }
     }
 
     /// Takes every connection waiting to be greeted, in arrival order.
@@ -130,11 +158,16 @@ impl<H> Connections<H> {
         self.peers.values_mut()
     }
 
-    /// The connections authenticated as the user `key`.
-    pub fn of_user<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Peer<H>> + 'a {
-        self.peers
-            .values()
-            .filter(move |p| p.user.as_deref() == Some(key))
+    /// The connections authenticated as the user `key`, with their ids.
+    pub fn of_user<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Iterator<Item = (SessionId, &'a Peer<H>)> + 'a {
+        self.by_user
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.peers.get(id).map(|peer| (*id, peer)))
     }
 
     /// How many connections are open.
@@ -206,11 +239,15 @@ mod tests {
         for id in 0..4 {
             conns.admit(id, ip(1), id as u8, false).unwrap();
         }
-        conns.get_mut(1).unwrap().user = Some("ann".into());
-        conns.get_mut(3).unwrap().user = Some("ann".into());
-        conns.get_mut(2).unwrap().user = Some("bob".into());
-        let mut handles: Vec<u8> = conns.of_user("ann").map(|p| p.handle).collect();
+        conns.authenticate(1, "ann", "t1".into());
+        conns.authenticate(3, "ann", "t3".into());
+        conns.authenticate(2, "bob", "t2".into());
+        let mut handles: Vec<u8> = conns.of_user("ann").map(|(_, p)| p.handle).collect();
         handles.sort();
         assert_eq!(handles, [1, 3]);
+        conns.remove(1);
+        let left: Vec<SessionId> = conns.of_user("ann").map(|(id, _)| id).collect();
+        assert_eq!(left, [3]);
+        assert_eq!(conns.of_user("nobody").count(), 0);
     }
 }

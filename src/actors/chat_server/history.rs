@@ -1,9 +1,10 @@
-//! `History`: the recent chat `ChatServer` replays at login.
+//! `History`: the recent messages of one conversation (a room, or an account's direct
+//! messages) that `ChatServer` replays at login.
 //!
 //! Plain data with no actor code. It keeps the last `--history` MESSAGE payloads (the
 //! `history` frame is assembled from them without re-serialising, and cached until the
 //! next message), bounded in bytes as well as in count so that a login cannot pull an
-//! unbounded frame.
+//! unbounded frame. [`history_frame`] builds the same frame for a page read from disk.
 
 use std::collections::VecDeque;
 
@@ -15,9 +16,52 @@ use crate::codec::frame_from_payload;
 /// A login (or a resume loop) then costs a bounded amount of output.
 pub const MAX_REPLAY_BYTES: usize = 256 * 1024;
 
-/// The recent messages.
+/// What a `history` frame is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heading {
+    /// A room, by its name.
+    Room(String),
+    /// The direct messages between the requester and this user (a page).
+    With(String),
+    /// The requester's direct messages (at login).
+    Direct,
+}
+
+impl Heading {
+    /// The start of the frame's payload, up to the opening of `messages`.
+    fn prefix(&self) -> Vec<u8> {
+        let quoted = |name: &str| serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+        match self {
+            Heading::Room(room) => {
+                format!(r#"{{"type":"history","room":{},"messages":["#, quoted(room))
+            }
+            Heading::With(name) => {
+                format!(r#"{{"type":"history","with":{},"messages":["#, quoted(name))
+            }
+            Heading::Direct => r#"{"type":"history","direct":true,"messages":["#.to_string(),
+        }
+        .into_bytes()
+    }
+}
+
+/// A `history` frame of `payloads` (MESSAGE payloads, oldest first), without
+/// re-serialising them.
+pub fn history_frame<'a>(heading: &Heading, payloads: impl Iterator<Item = &'a Bytes>) -> Bytes {
+    let mut payload = BytesMut::from(&heading.prefix()[..]);
+    for (i, message) in payloads.enumerate() {
+        if i > 0 {
+            payload.extend_from_slice(b",");
+        }
+        payload.extend_from_slice(message);
+    }
+    payload.extend_from_slice(b"]}");
+    frame_from_payload(&payload)
+}
+
+/// The recent messages of one conversation.
 #[derive(Debug)]
 pub struct History {
+    heading: Heading,
     /// How many messages are replayed (`--history`).
     limit: usize,
     /// The last `limit` MESSAGE payloads, oldest first.
@@ -28,11 +72,12 @@ pub struct History {
 
 impl History {
     /// History of at most `limit` messages over `recent` (oldest first).
-    pub fn new(limit: usize, mut recent: VecDeque<Bytes>) -> History {
+    pub fn new(heading: Heading, limit: usize, mut recent: VecDeque<Bytes>) -> History {
         while recent.len() > limit {
             recent.pop_front();
         }
         History {
+            heading,
             limit,
             recent,
             frame: None,
@@ -68,18 +113,14 @@ impl History {
             })
             .count();
         let start = self.recent.len() - fitting;
-        let mut payload = BytesMut::with_capacity(size.min(MAX_REPLAY_BYTES) + 32);
-        payload.extend_from_slice(br#"{"type":"history","messages":["#);
-        for (i, message) in self.recent.iter().skip(start).enumerate() {
-            if i > 0 {
-                payload.extend_from_slice(b",");
-            }
-            payload.extend_from_slice(message);
-        }
-        payload.extend_from_slice(b"]}");
-        let frame = frame_from_payload(&payload);
+        let frame = history_frame(&self.heading, self.recent.iter().skip(start));
         self.frame = Some(frame.clone());
         frame
+    }
+
+    /// Whether there is nothing to replay.
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
     }
 }
 
@@ -94,14 +135,14 @@ mod tests {
 
     #[test]
     fn keeps_the_last_messages_and_caches_the_frame() {
-        let mut history = History::new(2, VecDeque::new());
+        let mut history = History::new(Heading::Room("lobby".into()), 2, VecDeque::new());
         for text in ["1", "2", "3"] {
             history.record(Bytes::from(format!(r#"{{"text":"{text}"}}"#)));
         }
         let json = frame_json(&mut history);
         assert_eq!(
             json,
-            serde_json::json!({"type":"history","messages":[{"text":"2"},{"text":"3"}]})
+            serde_json::json!({"type":"history","room":"lobby","messages":[{"text":"2"},{"text":"3"}]})
         );
         let again = history.frame();
         assert_eq!(again.as_ptr(), history.frame().as_ptr(), "cached");
@@ -109,7 +150,7 @@ mod tests {
 
     #[test]
     fn the_frame_is_bounded_in_bytes() {
-        let mut history = History::new(1000, VecDeque::new());
+        let mut history = History::new(Heading::Direct, 1000, VecDeque::new());
         let big = format!(r#"{{"text":"{}"}}"#, "x".repeat(10_000));
         for _ in 0..100 {
             history.record(Bytes::from(big.clone()));
@@ -122,8 +163,35 @@ mod tests {
     }
 
     #[test]
+    fn headings_name_what_the_frame_is_about() {
+        let one = [Bytes::from_static(br#"{"id":1}"#)];
+        for (heading, expected) in [
+            (
+                Heading::Room("Zoë \"ops\"".into()),
+                serde_json::json!({"type":"history","room":"Zoë \"ops\"","messages":[{"id":1}]}),
+            ),
+            (
+                Heading::With("bob".into()),
+                serde_json::json!({"type":"history","with":"bob","messages":[{"id":1}]}),
+            ),
+            (
+                Heading::Direct,
+                serde_json::json!({"type":"history","direct":true,"messages":[{"id":1}]}),
+            ),
+        ] {
+            let frame = history_frame(&heading, one.iter());
+            let json: serde_json::Value = serde_json::from_slice(&payload_of(&frame)).unwrap();
+            assert_eq!(json, expected);
+        }
+    }
+
+    #[test]
     fn nothing_is_kept_with_a_zero_limit() {
-        let mut history = History::new(0, VecDeque::from([Bytes::from_static(b"{}")]));
+        let mut history = History::new(
+            Heading::Direct,
+            0,
+            VecDeque::from([Bytes::from_static(b"{}")]),
+        );
         history.record(Bytes::from_static(b"{}"));
         assert_eq!(frame_json(&mut history)["messages"], serde_json::json!([]));
     }

@@ -11,13 +11,18 @@ use std::rc::Rc;
 use actix::prelude::*;
 
 use super::{
-    AppendHistory, PersistError, Persistence, RecordIdentities, ReserveIds, SyncForShutdown,
+    AppendHistory, PersistError, Persistence, ReadPage, RecordIdentities, RecordRooms, ReserveIds,
+    SyncForShutdown,
 };
 use crate::codec::payload_of;
 use crate::protocol::ChatMessage;
 use crate::server::identity::IdentityChange;
+use crate::server::rooms::RoomChange;
 use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
-use crate::server::store::{Delivery, Draft, Store, StoreError, StoreFuture, Submitted};
+use crate::server::store::{
+    Delivery, Draft, PageRequest, Store, StoreError, StoreFuture, Submitted, Target,
+};
+use bytes::Bytes;
 
 /// The message ids: which comes next, and how far the durable reservation reaches.
 #[derive(Debug)]
@@ -116,9 +121,9 @@ impl FileStore {
     }
 }
 
-fn store_error(sent: Result<Result<(), PersistError>, MailboxError>) -> Result<(), StoreError> {
+fn store_error<T>(sent: Result<Result<T, PersistError>, MailboxError>) -> Result<T, StoreError> {
     match sent {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(StoreError::Io {
             path: err.path,
             message: err.message,
@@ -134,18 +139,26 @@ impl Store for FileStore {
         let Some(id) = id else {
             return Submitted::Refused(StoreError::NoIds);
         };
+        let conversation = draft.target.conversation();
+        let (room, to) = match draft.target {
+            Target::Room { name, .. } => (Some(name), None),
+            Target::Direct { to, .. } => (None, Some(to)),
+        };
         let message = ChatMessage {
             id,
-            room: None,
-            to: None,
+            room,
+            to,
             from: draft.from,
             text: draft.text,
             ts: crate::server::unix_ms(),
         };
         match Delivery::new(message) {
             Ok(delivery) => {
-                self.persistence
-                    .do_send(AppendHistory(payload_of(&delivery.frame)));
+                self.persistence.do_send(AppendHistory {
+                    payload: payload_of(&delivery.frame),
+                    id,
+                    conversation,
+                });
                 Submitted::Delivered(delivery)
             }
             Err(err) => Submitted::Refused(StoreError::Io {
@@ -170,6 +183,16 @@ impl Store for FileStore {
         }
         let sent = self.persistence.send(message);
         Some(Box::pin(async move { store_error(sent.await) }))
+    }
+
+    fn record_rooms(&mut self, changes: Vec<RoomChange>) -> StoreFuture<()> {
+        let sent = self.persistence.send(RecordRooms(changes));
+        Box::pin(async move { store_error(sent.await) })
+    }
+
+    fn page(&mut self, request: PageRequest) -> StoreFuture<Vec<Bytes>> {
+        let sent = self.persistence.send(ReadPage(request));
+        Box::pin(async move { store_error(sent.await) })
     }
 
     fn last_id(&self) -> u64 {

@@ -12,15 +12,17 @@
 //! ([`store_reserved_ids`]), and lowered back to the last id used at a clean shutdown,
 //! so that a restart continues one by one.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ChatMessage;
+use super::history_index::{Conversation, Entry, HistoryIndex};
 use crate::server::store::identity_file::LoadError;
 use crate::server::store::state_files;
 
@@ -38,15 +40,50 @@ pub const ID_BLOCK: u64 = 10_000;
 /// What start-up recovers from `history.jsonl`.
 #[derive(Debug, Default)]
 pub struct LoadedHistory {
-    /// The last messages (at most the number asked for), as MESSAGE payloads.
-    pub recent: VecDeque<Bytes>,
+    /// The last messages (at most the number asked for) of each room, by room key, as
+    /// MESSAGE payloads, oldest first.
+    pub rooms: HashMap<String, VecDeque<Bytes>>,
+    /// The last direct messages (sent and received) of each account, by name key, with
+    /// their ids, oldest first.
+    pub direct: HashMap<String, VecDeque<(u64, Bytes)>>,
+    /// Where every message is, for paging.
+    pub index: HistoryIndex,
+    /// The file's length in whole lines.
+    pub len: u64,
     /// The highest id in the file (0 when empty).
     pub last_id: u64,
     /// Set when an incomplete last line was cut off (a crash mid-append).
     pub dropped_torn_line: bool,
 }
 
-/// Reads the chat history, keeping the last `keep` messages.
+/// The fields of a stored message that say where it belongs (the text is skipped).
+#[derive(Deserialize)]
+struct LineHead<'a> {
+    id: u64,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    text: Cow<'a, str>,
+}
+
+/// Keeps the last `keep` items.
+fn keep_last<T>(queue: &mut VecDeque<T>, item: T, keep: usize) {
+    if keep == 0 {
+        return;
+    }
+    if queue.len() == keep {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
+/// Reads the chat history: the last `keep` messages of each room and of each
+/// account's direct messages, and the index of every message.
 ///
 /// A last line without its newline is the trace of a crash mid-append: it is cut off
 /// the file (so that the next append starts a fresh line) and reported. Any other line
@@ -65,7 +102,7 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
     let Some(file) = state_files::open_private_existing(path).map_err(io_err)? else {
         return Ok(loaded);
     };
-    let mut reader = io::BufReader::new(&file);
+    let mut reader = io::BufReader::with_capacity(256 * 1024, &file);
     let mut line = Vec::new();
     let mut good_len: u64 = 0;
     let mut line_no = 0usize;
@@ -93,26 +130,47 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
             good_len += n as u64;
             continue;
         }
-        let message: ChatMessage = serde_json::from_slice(body)
+        let head: LineHead = serde_json::from_slice(body)
             .map_err(|e| corrupt(format!("line {line_no} is not a message: {e}")))?;
-        if message.id > MAX_MESSAGE_ID {
+        if head.id > MAX_MESSAGE_ID {
             return Err(corrupt(format!(
                 "line {line_no}: id {} is over the largest id {MAX_MESSAGE_ID}",
-                message.id
+                head.id
             )));
         }
-        if message.id <= loaded.last_id {
+        if head.id <= loaded.last_id {
             return Err(corrupt(format!(
                 "line {line_no}: id {} does not follow id {}",
-                message.id, loaded.last_id
+                head.id, loaded.last_id
             )));
         }
-        loaded.last_id = message.id;
-        if keep > 0 {
-            if loaded.recent.len() == keep {
-                loaded.recent.pop_front();
+        loaded.last_id = head.id;
+        let conversation =
+            Conversation::of_line(head.room.as_deref(), head.to.as_deref(), &head.from);
+        loaded.index.add(
+            conversation.clone(),
+            Entry {
+                id: head.id,
+                offset: good_len,
+                len: body.len() as u32,
+            },
+        );
+        let payload = Bytes::copy_from_slice(body);
+        match conversation {
+            Conversation::Room(room) => {
+                keep_last(loaded.rooms.entry(room).or_default(), payload, keep)
             }
-            loaded.recent.push_back(Bytes::copy_from_slice(body));
+            Conversation::Direct(a, b) => {
+                if a != b {
+                    let entry = loaded.direct.entry(b).or_default();
+                    keep_last(entry, (head.id, payload.clone()), keep);
+                }
+                keep_last(
+                    loaded.direct.entry(a).or_default(),
+                    (head.id, payload),
+                    keep,
+                );
+            }
         }
         good_len += n as u64;
     }
@@ -121,6 +179,7 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
             .and_then(|_| file.sync_all())
             .map_err(io_err)?;
     }
+    loaded.len = good_len;
     Ok(loaded)
 }
 
@@ -176,21 +235,60 @@ pub struct HistoryFile {
 }
 
 impl HistoryFile {
-    /// The history file at `path`, opened on first write.
-    pub fn new(path: &Path) -> HistoryFile {
+    /// The history file at `path`, `len` bytes long as loaded; opened on first use.
+    pub fn new(path: &Path, len: u64) -> HistoryFile {
         HistoryFile {
             path: path.to_path_buf(),
             file: None,
-            len: 0,
+            len,
             torn: false,
             pending: Vec::new(),
         }
     }
 
-    /// Queues one MESSAGE payload (JSON text, no newline).
-    pub fn append(&mut self, payload: &[u8]) {
+    /// Queues one MESSAGE payload (JSON text, no newline); returns the offset its line
+    /// will have in the file.
+    pub fn append(&mut self, payload: &[u8]) -> u64 {
+        let offset = self.len + self.pending.len() as u64;
         self.pending.extend_from_slice(payload);
         self.pending.push(b'\n');
+        offset
+    }
+
+    /// The `len` bytes at `offset`: one line, from the file or from what is queued.
+    pub fn read_at(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len as usize];
+        if offset >= self.len {
+            let start = (offset - self.len) as usize;
+            let queued = self
+                .pending
+                .get(start..start + len as usize)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "not in the file"))?;
+            bytes.copy_from_slice(queued);
+            return Ok(bytes);
+        }
+        self.open()?.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
+
+    /// The open file, opened (for reading and appending) if it is not.
+    fn open(&mut self) -> io::Result<&mut File> {
+        if !self.file_is_current() {
+            self.file = None;
+        }
+        if self.file.is_none() {
+            let file = state_files::open_private_read_append(&self.path)?;
+            let len = file.metadata()?.len();
+            if len != self.len {
+                // The file was replaced while the server ran: lines go to its end.
+                self.len = len;
+            }
+            self.torn = false;
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("history file not open"))
     }
 
     /// Bytes queued and not yet written.
@@ -222,19 +320,12 @@ impl HistoryFile {
         if self.pending.is_empty() && !sync {
             return Ok(());
         }
-        if !self.file_is_current() {
-            self.file = None;
-        }
         let result = (|| -> io::Result<()> {
-            let file = match self.file.as_mut() {
-                Some(file) => file,
-                None => {
-                    let file = state_files::open_private_append(&self.path)?;
-                    self.len = file.metadata()?.len();
-                    self.torn = false;
-                    self.file.insert(file)
-                }
-            };
+            self.open()?;
+            let file = self
+                .file
+                .as_mut()
+                .ok_or_else(|| io::Error::other("history file not open"))?;
             if self.torn {
                 file.set_len(self.len)?;
                 self.torn = false;
@@ -274,9 +365,52 @@ mod tests {
         fs::write(&path, text).unwrap();
         let loaded = load_history(&path, 2).unwrap();
         assert_eq!(loaded.last_id, 5);
-        assert_eq!(loaded.recent.len(), 2);
-        assert_eq!(loaded.recent[0], message_line(4).as_bytes());
+        let lobby = &loaded.rooms["lobby"];
+        assert_eq!(lobby.len(), 2);
+        assert_eq!(lobby[0], message_line(4).as_bytes());
         assert!(!loaded.dropped_torn_line);
+        assert_eq!(loaded.index.len(), 5);
+    }
+
+    #[test]
+    fn rooms_and_direct_messages_are_kept_apart_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let lines = [
+            r#"{"type":"message","id":1,"from":"ann","text":"old lobby","ts":1}"#,
+            r#"{"type":"message","id":2,"room":"Ops","from":"ann","text":"in ops","ts":1}"#,
+            r#"{"type":"message","id":3,"to":"Bob","from":"Ann","text":"psst","ts":1}"#,
+            r#"{"type":"message","id":4,"room":"lobby","from":"bob","text":"new lobby","ts":1}"#,
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        fs::write(&path, &text).unwrap();
+        let mut loaded = load_history(&path, 10).unwrap();
+        assert_eq!(loaded.rooms["lobby"].len(), 2);
+        assert_eq!(loaded.rooms["ops"].len(), 1);
+        assert_eq!(loaded.direct["ann"].len(), 1);
+        assert_eq!(loaded.direct["bob"][0].0, 3);
+        let page = loaded
+            .index
+            .page(&Conversation::direct("bob", "ann"), None, 0, 10);
+        assert_eq!(page.len(), 1);
+        let mut file = HistoryFile::new(&path, loaded.len);
+        let line = file.read_at(page[0].offset, page[0].len).unwrap();
+        assert_eq!(line, lines[2].as_bytes());
+        // What is queued and not yet written reads too.
+        let offset = file.append(lines[0].as_bytes());
+        assert_eq!(offset, text.len() as u64);
+        assert_eq!(
+            file.read_at(offset, lines[0].len() as u32).unwrap(),
+            lines[0].as_bytes()
+        );
+        loaded.index.add(
+            Conversation::Room("lobby".into()),
+            Entry {
+                id: 5,
+                offset,
+                len: lines[0].len() as u32,
+            },
+        );
     }
 
     #[test]
@@ -343,7 +477,7 @@ mod tests {
     fn appends_survive_a_replaced_file_and_a_failed_write_leaves_no_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let mut history = HistoryFile::new(&path);
+        let mut history = HistoryFile::new(&path, 0);
         history.append(message_line(1).as_bytes());
         history.flush(false).unwrap();
         fs::remove_file(&path).unwrap();

@@ -293,6 +293,7 @@ mod tests {
                 name: name.into(),
                 password_hash: "h".into(),
                 created_ms: 0,
+                since_id: 0,
             },
         }
     }

@@ -8,7 +8,9 @@
 //! (`history.jsonl` and `ids.json`).
 
 pub mod history_file;
+pub mod history_index;
 pub mod identity_file;
+pub mod rooms_file;
 pub mod state_files;
 
 use std::future::Future;
@@ -16,9 +18,11 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
+use self::history_index::Conversation;
 use crate::codec::encode_frame;
 use crate::protocol::{ChatMessage, ServerMessage};
 use crate::server::identity::IdentityChange;
+use crate::server::rooms::RoomChange;
 
 /// A store operation that finishes later.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>>>;
@@ -37,11 +41,49 @@ pub enum StoreError {
     NotAnswering(String),
 }
 
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A room: its name (as first created) and its key.
+    Room { name: String, key: String },
+    /// A user: the recipient's registered name, and both accounts' keys.
+    Direct {
+        to: String,
+        to_key: String,
+        from_key: String,
+    },
+}
+
+impl Target {
+    /// The conversation a message to this target belongs to.
+    pub fn conversation(&self) -> Conversation {
+        match self {
+            Target::Room { key, .. } => Conversation::Room(key.clone()),
+            Target::Direct {
+                to_key, from_key, ..
+            } => Conversation::direct(from_key, to_key),
+        }
+    }
+}
+
 /// A chat message before the store has given it an id.
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub from: String,
     pub text: String,
+    pub target: Target,
+}
+
+/// A page of older messages to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub conversation: Conversation,
+    /// Only messages with a lower id (the latest without it).
+    pub before: Option<u64>,
+    /// Only messages with this id or higher (what an account may see of a
+    /// conversation: not what a deleted account of the same name wrote).
+    pub floor: u64,
+    pub limit: usize,
 }
 
 /// A message ready to deliver: its MESSAGE frame, serialised once.
@@ -90,6 +132,12 @@ pub trait Store {
         changes: Vec<IdentityChange>,
         durable: bool,
     ) -> Option<StoreFuture<()>>;
+
+    /// Records room changes; the future ends once they are on disk.
+    fn record_rooms(&mut self, changes: Vec<RoomChange>) -> StoreFuture<()>;
+
+    /// Reads a page of older messages, oldest first, as MESSAGE payloads.
+    fn page(&mut self, request: PageRequest) -> StoreFuture<Vec<Bytes>>;
 
     /// The highest id given so far (0 before any).
     fn last_id(&self) -> u64;

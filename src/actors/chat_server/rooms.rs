@@ -1,0 +1,451 @@
+//! Rooms: `join`, `part`, `rooms`, `who` in a room, and the rings that carry each
+//! room's messages.
+//!
+//! Membership belongs to the account and is on disk (`rooms.json`) before it is
+//! answered. Every connection of a member takes the room's ring (created while the room
+//! has a member online), so a room message costs nothing per online user who is not a
+//! member. `lobby` is the lobby's ring, which every authenticated connection takes.
+
+use actix::prelude::*;
+
+use super::{ChatServer, History};
+use crate::names::{self, name_key};
+use crate::protocol::{ErrorCode, RoomInfo, ServerMessage, LOBBY};
+use crate::server::outbound::{Broadcaster, SessionId, Skip, ROOM_RING_CAPACITY};
+use crate::server::rooms::{Membership, RoomChange};
+use crate::server::store::StoreError;
+
+/// Why a room request cannot be answered; the `error` frame it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRefusal {
+    BadName,
+    Lobby,
+    Unknown,
+    NotMember,
+}
+
+impl RoomRefusal {
+    /// The error code and message sent back.
+    pub fn error(&self) -> (ErrorCode, String) {
+        match self {
+            RoomRefusal::BadName => (
+                ErrorCode::BadRequest,
+                format!(
+                    "a room name follows the rules of names: {}",
+                    names::name_rule()
+                ),
+            ),
+            RoomRefusal::Lobby => (
+                ErrorCode::BadRequest,
+                "everyone is in lobby; it cannot be left".to_string(),
+            ),
+            RoomRefusal::Unknown => (ErrorCode::UnknownRoom, "there is no such room".to_string()),
+            RoomRefusal::NotMember => (
+                ErrorCode::NotMember,
+                "you are not a member of that room (join it first)".to_string(),
+            ),
+        }
+    }
+}
+
+impl ChatServer {
+    /// The user (name key) a connection is authenticated as.
+    pub(super) fn user_of(&self, id: SessionId) -> Option<String> {
+        self.connections.get(id).and_then(|p| p.user.clone())
+    }
+
+    /// The key of a room `user` may use: it exists (checked first) and `user` is a member.
+    pub(super) fn room_for_member(&self, room: &str, user: &str) -> Result<String, RoomRefusal> {
+        let key = self.rooms.find(room).ok_or(RoomRefusal::Unknown)?;
+        match self.rooms.membership(&key, user) {
+            Membership::Member => Ok(key),
+            Membership::NotMember => Err(RoomRefusal::NotMember),
+            Membership::Unknown => Err(RoomRefusal::Unknown),
+        }
+    }
+
+    pub(super) fn refuse_room(&self, id: SessionId, refusal: &RoomRefusal) {
+        let (code, message) = refusal.error();
+        self.send_error(id, code, &message);
+    }
+
+    /// The recent messages of a room, made on first use.
+    pub(super) fn room_history(&mut self, key: &str) -> &mut History {
+        let name = self.rooms.name_of(key).unwrap_or(key).to_string();
+        let limit = self.settings.history;
+        self.room_history
+            .entry(key.to_string())
+            .or_insert_with(|| History::new(super::Heading::Room(name), limit, Default::default()))
+    }
+
+    /// The ring of a room (not `lobby`), made while the room has a member online.
+    fn room_ring(&mut self, key: &str) -> &Broadcaster {
+        self.room_rings
+            .entry(key.to_string())
+            .or_insert_with(|| Broadcaster::new(ROOM_RING_CAPACITY))
+    }
+
+    /// Subscribes connection `id` of `user` to the room `key`'s ring.
+    pub(super) fn subscribe_to_room(&mut self, id: SessionId, key: &str, user: &str) {
+        if key == LOBBY {
+            return;
+        }
+        let subscription = self.room_ring(key).subscribe(Some(user.into()));
+        if let Some(peer) = self.connections.get(id) {
+            peer.handle.outbox.subscribe(subscription);
+        }
+    }
+
+    /// The display names of a room's members, sorted by their keys.
+    fn member_names(&self, key: &str) -> Vec<String> {
+        if key == LOBBY {
+            return self
+                .identities
+                .users
+                .values()
+                .map(|a| a.name.clone())
+                .collect();
+        }
+        self.rooms
+            .members(key)
+            .filter_map(|user| self.identities.account_by_key(user))
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
+    /// The names of a room's members online now, sorted by key.
+    fn members_online(&self, key: &str) -> Vec<String> {
+        if key == LOBBY {
+            return self.presence.names();
+        }
+        self.rooms
+            .members(key)
+            .filter_map(|user| self.presence.name_of(user).map(str::to_string))
+            .collect()
+    }
+
+    /// Answers a `join` once the membership is on disk: the `room` frame to every
+    /// connection of the user, the room's history to the one that asked, the room's
+    /// ring to all of them, and `member_joined` to the other members.
+    fn answer_join(&mut self, id: SessionId, key: &str, user: &str, newly: bool) {
+        let name = self.rooms.name_of(key).unwrap_or(key).to_string();
+        let frame = super::encode(&ServerMessage::Room {
+            room: name.clone(),
+            members: self.member_names(key),
+        });
+        if newly && key != LOBBY {
+            if let Some(joiner) = self.identities.account_by_key(user).map(|a| a.name.clone()) {
+                if let Some(event) = super::encode(&ServerMessage::MemberJoined {
+                    room: name,
+                    name: joiner,
+                }) {
+                    self.room_ring(key)
+                        .publish(event, Some(Skip::User(user.into())));
+                }
+            }
+        }
+        let history = self.room_history(key).frame();
+        let sessions: Vec<SessionId> = self.connections.of_user(user).map(|(s, _)| s).collect();
+        for session in sessions {
+            let Some(peer) = self.connections.get(session) else {
+                continue;
+            };
+            if let Some(frame) = &frame {
+                peer.handle.outbox.send(frame.clone());
+            }
+            if session == id {
+                peer.handle.outbox.send(history.clone());
+            }
+            // Same step as the history snapshot: nothing falls between them.
+            if newly {
+                self.subscribe_to_room(session, key, user);
+            }
+        }
+    }
+
+    /// Answers a `part` once it is on disk: `parted` to every connection of the user,
+    /// which leave the room's ring, and `member_left` to the other members.
+    fn answer_part(&mut self, key: &str, user: &str) {
+        let name = self.rooms.name_of(key).unwrap_or(key).to_string();
+        let parted = super::encode(&ServerMessage::Parted { room: name.clone() });
+        let ring = self.room_rings.get(key).map(Broadcaster::id);
+        for (_, peer) in self.connections.of_user(user) {
+            if let Some(frame) = &parted {
+                peer.handle.outbox.send(frame.clone());
+            }
+            if let Some(ring) = ring {
+                peer.handle.outbox.unsubscribe(ring);
+            }
+        }
+        let leaver = self.identities.account_by_key(user).map(|a| a.name.clone());
+        if let (Some(ring), Some(leaver)) = (self.room_rings.get(key), leaver) {
+            if let Some(event) = super::encode(&ServerMessage::MemberLeft {
+                room: name,
+                name: leaver,
+            }) {
+                ring.publish(event, Some(Skip::User(user.into())));
+            }
+        }
+    }
+
+    /// Forgets the rings of rooms nobody online takes any more.
+    pub(super) fn prune_room_rings(&mut self) {
+        self.room_rings.retain(|_, ring| ring.subscribers() > 0);
+    }
+}
+
+/// Become a member of a room, creating it if it does not exist.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JoinRoom {
+    pub id: SessionId,
+    pub room: String,
+}
+
+impl Handler<JoinRoom> for ChatServer {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: JoinRoom, _: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        let Some(user) = self.user_of(id) else {
+            return Box::pin(fut::ready(()));
+        };
+        if names::check_name(&msg.room).is_err() {
+            self.refuse_room(id, &RoomRefusal::BadName);
+            return Box::pin(fut::ready(()));
+        }
+        let key = name_key(&msg.room);
+        let mut changes = Vec::new();
+        if key != LOBBY {
+            if self.rooms.find(&key).is_none() {
+                changes.push(RoomChange::Create {
+                    name: msg.room.clone(),
+                    created_ms: crate::server::unix_ms(),
+                });
+            }
+            if self.rooms.membership(&key, &user) != Membership::Member {
+                changes.push(RoomChange::Join {
+                    room: key.clone(),
+                    user: user.clone(),
+                });
+            }
+        }
+        if changes.is_empty() {
+            self.answer_join(id, &key, &user, false);
+            return Box::pin(fut::ready(()));
+        }
+        for change in &changes {
+            self.rooms.apply(change);
+        }
+        let saved = self.store.record_rooms(changes);
+        Box::pin(fut::wrap_future(saved).map(
+            move |saved: Result<(), StoreError>, act: &mut Self, _| match saved {
+                Ok(()) => {
+                    log::info!("{user} joined room {key}");
+                    act.answer_join(id, &key, &user, true);
+                }
+                Err(err) => {
+                    log::error!("{user} joining room {key} was not saved: {err}");
+                    let undo = RoomChange::Part {
+                        room: key.clone(),
+                        user: user.clone(),
+                    };
+                    act.rooms.apply(&undo);
+                    drop(act.store.record_rooms(vec![undo]));
+                    act.send_error(
+                        id,
+                        ErrorCode::Internal,
+                        "the room could not be joined; try again later",
+                    );
+                }
+            },
+        ))
+    }
+}
+
+/// Stop being a member of a room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PartRoom {
+    pub id: SessionId,
+    pub room: String,
+}
+
+impl Handler<PartRoom> for ChatServer {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: PartRoom, _: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        let Some(user) = self.user_of(id) else {
+            return Box::pin(fut::ready(()));
+        };
+        let refusal = if name_key(&msg.room) == LOBBY {
+            Err(RoomRefusal::Lobby)
+        } else {
+            self.room_for_member(&msg.room, &user)
+        };
+        let key = match refusal {
+            Ok(key) => key,
+            Err(refusal) => {
+                self.refuse_room(id, &refusal);
+                return Box::pin(fut::ready(()));
+            }
+        };
+        let change = RoomChange::Part {
+            room: key.clone(),
+            user: user.clone(),
+        };
+        self.rooms.apply(&change);
+        let saved = self.store.record_rooms(vec![change]);
+        Box::pin(fut::wrap_future(saved).map(
+            move |saved: Result<(), StoreError>, act: &mut Self, _| {
+                if let Err(err) = &saved {
+                    // Not on disk yet: the next room change writes it. The user asked to
+                    // leave, and leaves.
+                    log::error!("{user} leaving room {key} was not saved yet: {err}");
+                }
+                log::info!("{user} left room {key}");
+                act.answer_part(&key, &user);
+            },
+        ))
+    }
+}
+
+/// List every room, answered to the asking connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ListRooms {
+    pub id: SessionId,
+}
+
+impl Handler<ListRooms> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) {
+        let Some(user) = self.user_of(msg.id) else {
+            return;
+        };
+        let mut rooms = vec![(
+            LOBBY.to_string(),
+            RoomInfo {
+                room: LOBBY.to_string(),
+                members: self.identities.users.len(),
+                member: true,
+            },
+        )];
+        for (key, room) in &self.rooms.rooms {
+            rooms.push((
+                key.clone(),
+                RoomInfo {
+                    room: room.name.clone(),
+                    members: room.members.len(),
+                    member: room.members.contains(&user),
+                },
+            ));
+        }
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        let rooms = rooms.into_iter().map(|(_, info)| info).collect();
+        self.send_to(msg.id, &ServerMessage::Rooms { rooms });
+    }
+}
+
+/// Who is online (in a room, with `room`), answered to the asking connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Who {
+    pub id: SessionId,
+    pub room: Option<String>,
+}
+
+impl Handler<Who> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Who, _: &mut Self::Context) {
+        let Some(room) = msg.room else {
+            let users = self.presence.names();
+            self.send_to(msg.id, &ServerMessage::Who { room: None, users });
+            return;
+        };
+        let Some(user) = self.user_of(msg.id) else {
+            return;
+        };
+        match self.room_for_member(&room, &user) {
+            Ok(key) => {
+                let users = self.members_online(&key);
+                let room = self.rooms.name_of(&key).unwrap_or(&key).to_string();
+                self.send_to(
+                    msg.id,
+                    &ServerMessage::Who {
+                        room: Some(room),
+                        users,
+                    },
+                );
+            }
+            Err(refusal) => self.refuse_room(msg.id, &refusal),
+        }
+    }
+}
+
+/// Post a message as `server` in a room (console `say-in`); answers its id.
+#[derive(Message)]
+#[rtype(result = "Result<u64, AnnounceError>")]
+pub struct PostInRoom {
+    pub room: String,
+    pub text: String,
+}
+
+/// Why the console's `say-in` did not post.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("there is no room called {0}")]
+    UnknownRoom(String),
+    #[error("{0}")]
+    NotRecorded(#[from] StoreError),
+}
+
+impl Handler<PostInRoom> for ChatServer {
+    type Result = Result<u64, AnnounceError>;
+
+    fn handle(&mut self, msg: PostInRoom, _: &mut Self::Context) -> Self::Result {
+        let key = self
+            .rooms
+            .find(&msg.room)
+            .ok_or_else(|| AnnounceError::UnknownRoom(crate::text::quote(&msg.room)))?;
+        log::info!("the admin said something in room {key}");
+        Ok(self.post_to_room(names::SERVER_NAME.to_string(), &key, msg.text)?)
+    }
+}
+
+/// The rooms, for the console: name, member count and the members online.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomSummary>")]
+pub struct RoomsSummary;
+
+/// One line of the console's `rooms`.
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    pub name: String,
+    pub members: usize,
+    pub online: Vec<String>,
+}
+
+impl Handler<RoomsSummary> for ChatServer {
+    type Result = Vec<RoomSummary>;
+
+    fn handle(&mut self, _: RoomsSummary, _: &mut Self::Context) -> Vec<RoomSummary> {
+        let mut keys: Vec<String> = self.rooms.rooms.keys().cloned().collect();
+        keys.push(LOBBY.to_string());
+        keys.sort();
+        keys.iter()
+            .map(|key| RoomSummary {
+                name: self.rooms.name_of(key).unwrap_or(key).to_string(),
+                members: if key == LOBBY {
+                    self.identities.users.len()
+                } else {
+                    self.rooms.members(key).count()
+                },
+                online: self.members_online(key),
+            })
+            .collect()
+    }
+}
