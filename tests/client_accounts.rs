@@ -315,7 +315,6 @@ fn script(
 }
 
 #[test]
-#[ignore = "needs the server's account management (SPEC §8)"]
 fn real_server_password_change_end_to_end() {
     let server = common::TestServer::start();
     let (_dir, tokens) = token_file();
@@ -336,7 +335,6 @@ fn real_server_password_change_end_to_end() {
 }
 
 #[test]
-#[ignore = "needs the server's account management (SPEC §8)"]
 fn real_server_delete_account_frees_the_name() {
     let server = common::TestServer::start();
     let (_dir, tokens) = token_file();
@@ -351,7 +349,6 @@ fn real_server_delete_account_frees_the_name() {
 }
 
 #[test]
-#[ignore = "needs the server's bans (SPEC §8)"]
 fn real_server_ban_is_refused_with_its_reason() {
     let mut server = common::TestServer::start();
     let (_dir, tokens) = token_file();

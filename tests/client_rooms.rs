@@ -414,7 +414,6 @@ fn chat_of(run: &client_support::ScriptRun) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs the server's rooms and direct messages (SPEC §7)"]
 fn real_server_rooms_and_direct_messages_end_to_end() {
     let server = common::TestServer::start();
     let (_a, alice_tokens) = token_file();
@@ -467,12 +466,11 @@ fn real_server_rooms_and_direct_messages_end_to_end() {
 }
 
 #[test]
-#[ignore = "needs the server's paged history (SPEC §7)"]
 fn real_server_history_pages_back_through_the_room() {
-    let server = common::TestServer::start_with(&["--history", "3"]);
+    let server = common::TestServer::start_with(&["--history", "3", "--msg-rate", "0"]);
     let (_dir, tokens) = token_file();
     let name = common::unique_name("pat");
-    let lines: Vec<String> = (1..=8).map(|i| format!("line {i}")).collect();
+    let lines: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
     script(
         &server,
         &tokens,
@@ -485,11 +483,21 @@ fn real_server_history_pages_back_through_the_room() {
         .into_iter()
         .map(|l| l.split_once(": ").map(|(_, t)| t.to_string()).unwrap_or(l))
         .collect();
-    let expected: Vec<&str> = [6, 7, 8, 3, 4, 5, 1, 2]
-        .iter()
+    // The login shows the last 3; each page is the 50 before the oldest shown.
+    let expected: Vec<&str> = (58..=60)
+        .chain(8..=57)
+        .chain(1..=7)
         .map(|i| lines[i - 1].as_str())
         .collect();
     assert_eq!(texts, expected, "{run:#?}");
+    assert!(
+        run.stderr.contains("* 50 earlier message(s) in #lobby:"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("* 7 earlier message(s) in #lobby:"),
+        "{run:#?}"
+    );
     assert!(
         run.stderr.contains("no earlier messages in #lobby"),
         "{run:#?}"
@@ -497,7 +505,6 @@ fn real_server_history_pages_back_through_the_room() {
 }
 
 #[test]
-#[ignore = "needs the server's rooms (SPEC §7)"]
 fn real_server_refusals_read_as_sentences() {
     let server = common::TestServer::start();
     let (_dir, tokens) = token_file();

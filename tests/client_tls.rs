@@ -349,7 +349,6 @@ fn tls_listener(server: &mut common::TestServer) -> (u16, String) {
 }
 
 #[test]
-#[ignore = "needs the server's TLS listener (SPEC §9)"]
 fn real_server_over_tls_with_its_fingerprint() {
     let mut server = common::TestServer::start_with(&["--tls-port", "0"]);
     let (port, fingerprint) = tls_listener(&mut server);
@@ -371,7 +370,6 @@ fn real_server_over_tls_with_its_fingerprint() {
 }
 
 #[test]
-#[ignore = "needs the server's TLS listener (SPEC §9)"]
 fn real_server_self_signed_certificate_is_refused_without_a_fingerprint() {
     let mut server = common::TestServer::start_with(&["--tls-port", "0"]);
     let (port, fingerprint) = tls_listener(&mut server);
