@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use super::queue::Stream;
 use crate::protocol::{ChatMessage, LOBBY};
 
-/// How far one stream was shown.
+/// How far one stream was shown: ids are above 0, so `newest` 0 is nothing yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Shown {
     newest: u64,
-    oldest: u64,
+    oldest: Option<u64>,
 }
 
 /// The current room and what each stream showed.
@@ -68,12 +68,9 @@ impl RoomView {
 
     /// `message` was shown.
     pub fn record(&mut self, message: &ChatMessage) {
-        let shown = self.shown.entry(Stream::of(message)).or_insert(Shown {
-            newest: message.id,
-            oldest: message.id,
-        });
+        let shown = self.shown.entry(Stream::of(message)).or_default();
         shown.newest = shown.newest.max(message.id);
-        shown.oldest = shown.oldest.min(message.id);
+        shown.oldest = Some(shown.oldest.map_or(message.id, |o| o.min(message.id)));
     }
 
     /// `stream` was opened (a join's history, even an empty one): a later replay of
@@ -84,10 +81,7 @@ impl RoomView {
 
     /// The oldest id shown in `room`, which the next page of history is older than.
     pub fn oldest_in(&self, room: &str) -> Option<u64> {
-        self.shown
-            .get(&Stream::room(room))
-            .map(|s| s.oldest)
-            .filter(|&id| id > 0)
+        self.shown.get(&Stream::room(room))?.oldest
     }
 }
 
@@ -126,6 +120,13 @@ mod tests {
         assert_eq!(view.oldest_in("go"), None);
         view.opened(Stream::room("go"));
         assert_eq!(view.oldest_in("go"), None, "nothing shown yet");
+        view.record(&message(12, Some("go"), None));
+        assert_eq!(
+            view.oldest_in("go"),
+            Some(12),
+            "a room opened empty pages back from its first live message"
+        );
+        assert!(!view.is_new(&message(11, Some("go"), None)));
     }
 
     #[test]
