@@ -17,8 +17,9 @@ use super::known_servers::Fingerprint;
 /// Host asked for by default: a server on this machine.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
+use crate::endpoint::PortError;
 /// The server's default port.
-pub use crate::server::config::DEFAULT_PORT;
+pub use crate::endpoint::DEFAULT_PORT;
 
 /// What `--help` adds after the flags: the chat commands (from the same table as
 /// `/help`) and scripted mode.
@@ -148,10 +149,8 @@ impl fmt::Display for ServerAddr {
 pub enum AddrError {
     #[error("'{0}' is not a host name or IP address")]
     BadHost(String),
-    #[error("'{0}' is not a number; a port is a whole number from 1 to 65535")]
-    PortNotANumber(String),
-    #[error("{0} is out of range; a port is from 1 to 65535")]
-    PortOutOfRange(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
 }
 
 /// Checks a host: an IP address (IPv6 with or without brackets) or a DNS name made of
@@ -182,14 +181,7 @@ pub fn parse_host(input: &str) -> Result<String, AddrError> {
 
 /// Checks a port: a whole number in 1..=65535.
 pub fn parse_port(input: &str) -> Result<u16, AddrError> {
-    let text = input.trim();
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(AddrError::PortNotANumber(text.to_string()));
-    }
-    match text.parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
-        _ => Err(AddrError::PortOutOfRange(text.to_string())),
-    }
+    Ok(crate::endpoint::parse_port(input)?)
 }
 
 /// clap adapter for [`parse_host`].
@@ -233,18 +225,24 @@ mod tests {
         assert_eq!(parse_port("9090"), Ok(9090));
         assert_eq!(parse_port(" 1 "), Ok(1));
         assert_eq!(parse_port("65535"), Ok(65535));
-        assert!(matches!(parse_port("0"), Err(AddrError::PortOutOfRange(_))));
+        assert!(matches!(
+            parse_port("0"),
+            Err(AddrError::Port(PortError::OutOfRange(_)))
+        ));
         assert!(matches!(
             parse_port("65536"),
-            Err(AddrError::PortOutOfRange(_))
+            Err(AddrError::Port(PortError::OutOfRange(_)))
         ));
         assert!(matches!(
             parse_port("99999999999999999999"),
-            Err(AddrError::PortOutOfRange(_))
+            Err(AddrError::Port(PortError::OutOfRange(_)))
         ));
         for junk in ["abc", "-1", "+80", "80.5", "8 0", ""] {
             assert!(
-                matches!(parse_port(junk), Err(AddrError::PortNotANumber(_))),
+                matches!(
+                    parse_port(junk),
+                    Err(AddrError::Port(PortError::NotANumber(_)))
+                ),
                 "{junk:?}"
             );
         }

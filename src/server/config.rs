@@ -1,6 +1,6 @@
 //! The server's command line: every flag of the contract, each also readable from an
 //! `ECHOCHAT_*` environment variable (the flag wins). The port prompt is the client's
-//! (`client::prompt::ask_port`): both binaries ask it the same way.
+//! (`endpoint::ask_port`): both binaries ask it the same way.
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -10,8 +10,7 @@ use clap::Parser;
 
 use crate::server::http::{BadOrigin, Origin};
 
-/// Default port of the server, and the client's default too.
-pub const DEFAULT_PORT: u16 = 9090;
+pub use crate::endpoint::DEFAULT_PORT;
 
 /// How many ports are tried, starting at the given one, before giving up.
 pub const PORT_ATTEMPTS: u16 = 100;

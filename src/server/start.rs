@@ -19,7 +19,7 @@ use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
 use crate::actors::chat_server::{ChatServer, ChatSettings, Recovered, Shutdown};
 use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths, WatchHealth};
 use crate::actors::session::SessionSettings;
-use crate::client::prompt::ask_port;
+use crate::endpoint::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
 use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
