@@ -155,7 +155,7 @@ fn scripted_room_commands_answer_on_stderr() {
         "* rooms (2):",
         "#rust  1 member",
         "* online in #rust (1): zed",
-        "* 3 earlier message(s) in #rust:",
+        "* 3 earlier messages in #rust:",
         "* no earlier messages in #rust",
         "* you left #rust",
         "The lobby cannot be left",
@@ -491,11 +491,11 @@ fn real_server_history_pages_back_through_the_room() {
         .collect();
     assert_eq!(texts, expected, "{run:#?}");
     assert!(
-        run.stderr.contains("* 50 earlier message(s) in #lobby:"),
+        run.stderr.contains("* 50 earlier messages in #lobby:"),
         "{run:#?}"
     );
     assert!(
-        run.stderr.contains("* 7 earlier message(s) in #lobby:"),
+        run.stderr.contains("* 7 earlier messages in #lobby:"),
         "{run:#?}"
     );
     assert!(

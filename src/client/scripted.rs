@@ -30,6 +30,7 @@ use super::tls;
 use super::tokens::{self, TokenStore};
 use super::Exit;
 use crate::auth::name_key;
+use crate::text::plural;
 
 /// Lines read ahead of the session; a large file is read as the chat goes, not at once.
 const LINE_BUFFER: usize = 256;
@@ -139,7 +140,12 @@ pub async fn run(args: Args) -> Exit {
     let refused = session.refused();
     match outcome {
         Outcome::Quit | Outcome::LoggedOut if refused > 0 => Exit::failure(format!(
-            "{refused} message(s) or account command(s) did not go through (see above)"
+            "{} did not go through (see above)",
+            plural(
+                refused,
+                "message or account command",
+                "messages or account commands"
+            )
         )),
         Outcome::Quit | Outcome::LoggedOut => Exit::success(),
         Outcome::AccountDeleted => {

@@ -35,6 +35,7 @@ use super::tokens::TokenStore;
 use crate::protocol::{
     ChatMessage, ClientMessage, ErrorCode, HistoryEntry, ServerMessage, LOBBY, MAX_TEXT_CHARS,
 };
+use crate::text::plural;
 
 /// How long after sending `quit`/`logout` we keep reading for the server to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -700,8 +701,8 @@ impl<O: Output> Session<O> {
             return;
         }
         self.out.info(&format!(
-            "* {} earlier message(s) in {label}:",
-            messages.len()
+            "* {} in {label}:",
+            plural(messages.len(), "earlier message", "earlier messages")
         ));
         for m in messages {
             self.show(m);
@@ -720,8 +721,8 @@ impl<O: Output> Session<O> {
         }
         let names: Vec<String> = members.iter().map(|n| printable(n)).collect();
         self.out.info(&format!(
-            "* you joined {label} ({} member(s): {}); what you type now goes there",
-            names.len(),
+            "* you joined {label} ({}: {}); what you type now goes there",
+            plural(names.len(), "member", "members"),
             names.join(", ")
         ));
         if self.view.enter(room) {
@@ -1122,7 +1123,7 @@ mod tests {
             tail,
             [
                 "bob: old 1",
-                "* you joined #rust (2 member(s): bob, me); what you type now goes there",
+                "* you joined #rust (2 members: bob, me); what you type now goes there",
                 "room: rust",
                 "bob: old 2",
                 "bob: old 3",
@@ -1165,7 +1166,7 @@ mod tests {
         assert_eq!(client.await.unwrap(), Outcome::Quit);
         let shown = shown_after(&out, 2);
         assert!(
-            shown[0].ends_with("* 2 earlier message(s) in #lobby:"),
+            shown[0].ends_with("* 2 earlier messages in #lobby:"),
             "{shown:#?}"
         );
         assert!(shown[1].ends_with("] bob: old 38"), "{shown:#?}");
