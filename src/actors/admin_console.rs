@@ -19,6 +19,7 @@ use super::chat_server::{
 };
 use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
+use crate::server::store::NodeSummary;
 use crate::server::tls::Certificates;
 use crate::text::{escape, plural};
 
@@ -63,7 +64,7 @@ impl AdminConsole {
                     .unwrap_or_default();
                 self.answer(ctx, self.server.send(Status), move |report| {
                     format!(
-                        "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}{tls}",
+                        "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}{tls}{}",
                         report.address,
                         if report.paused { "yes" } else { "no" },
                         report.users_online,
@@ -72,6 +73,7 @@ impl AdminConsole {
                         report.accounts,
                         report.last_message_id,
                         format_uptime(report.uptime),
+                        format_nodes(&report.nodes),
                     )
                 })
             }
@@ -152,14 +154,18 @@ impl AdminConsole {
             }
             Command::Kick(name) => {
                 let asked = escape(&name).into_owned();
-                self.answer(ctx, self.server.send(Kick { name }), move |n| {
-                    if n == 0 {
-                        format!("no such user online: {asked}")
-                    } else {
-                        format!(
+                self.answer(ctx, self.server.send(Kick { name }), move |kicked| {
+                    match (kicked.here, kicked.elsewhere) {
+                        (0, false) => format!("no such user online: {asked}"),
+                        (0, true) => format!("kicked {asked} (on other nodes)"),
+                        (n, false) => format!(
                             "kicked {asked} ({})",
                             plural(n, "connection", "connections")
-                        )
+                        ),
+                        (n, true) => format!(
+                            "kicked {asked} ({} here, and on other nodes)",
+                            plural(n, "connection", "connections")
+                        ),
                     }
                 })
             }
@@ -362,6 +368,25 @@ fn utc_time(ms: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
+}
+
+/// The nodes of a cluster, one line each after a count (nothing for a single server).
+fn format_nodes(nodes: &[NodeSummary]) -> String {
+    if nodes.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("\nnodes alive: {}", nodes.len());
+    for node in nodes {
+        text.push_str(&format!(
+            "\n  {}{}: {} online, {}, up since {}",
+            escape(&node.label),
+            if node.this_node { " (this node)" } else { "" },
+            plural(node.users, "user", "users"),
+            plural(node.connections as usize, "connection", "connections"),
+            utc_time(node.started_ms),
+        ));
+    }
+    text
 }
 
 fn format_uptime(uptime: Duration) -> String {
