@@ -234,6 +234,15 @@ impl PresenceBoard {
         all.into_iter().collect()
     }
 
+    /// Everyone online on other nodes: (name key, name), by name key.
+    pub fn online_elsewhere(&self) -> Vec<(String, String)> {
+        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        for (key, user) in self.remote.values().flat_map(|r| r.beat.users.iter()) {
+            all.entry(key.clone()).or_insert_with(|| user.name.clone());
+        }
+        all.into_iter().collect()
+    }
+
     /// Whether `key` is online anywhere.
     pub fn is_online(&self, key: &str) -> bool {
         self.total(key) > 0
@@ -323,6 +332,10 @@ mod tests {
             vec![offline("ann")]
         );
         assert_eq!(board.online(), vec![("bob".into(), "BOB".into())]);
+        assert_eq!(board.online_elsewhere(), board.online());
+        board.connected("cy", "CY");
+        assert_eq!(board.online().len(), 2);
+        assert_eq!(board.online_elsewhere(), vec![("bob".into(), "BOB".into())]);
         assert!(board.remote_beat("me", beat(&[("zed", 1)]), t0).is_empty());
     }
 
