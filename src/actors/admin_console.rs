@@ -1,5 +1,6 @@
 //! `AdminConsole`: turns the lines typed on the server's stdin into typed messages to
-//! `ChatServer` and `Persistence`, and prints their answers on stdout.
+//! `ChatServer`, and prints their answers on stdout; the log it reads and clears
+//! itself.
 //!
 //! Stdin is read on a dedicated thread ([`spawn_stdin_reader`]): a blocking read there
 //! cannot hold up shutdown, and end of input closes only the console. Commands run one
@@ -17,7 +18,6 @@ use super::chat_server::{
     BanAccount, ChatServer, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
     PostAsServer, PostInRoom, ResumeGreeting, RoomsSummary, Shutdown, Status, UnbanAccount,
 };
-use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
 use crate::server::store::NodeSummary;
 use crate::server::tls::Certificates;
@@ -30,7 +30,6 @@ pub use self::command::{parse_command, Command, ConsoleError, HELP};
 /// The actor. See the module documentation.
 pub struct AdminConsole {
     server: Addr<ChatServer>,
-    persistence: Addr<Persistence>,
     /// The log file, which `logs` reads itself (reading never changes it).
     log: PathBuf,
     /// The TLS certificate, when the server listens with TLS.
@@ -38,16 +37,14 @@ pub struct AdminConsole {
 }
 
 impl AdminConsole {
-    /// A console driving `server` and `persistence`, reading the log at `log`.
+    /// A console driving `server`, reading (and clearing) the log at `log`.
     pub fn new(
         server: Addr<ChatServer>,
-        persistence: Addr<Persistence>,
         log: PathBuf,
         certificates: Option<Arc<Certificates>>,
     ) -> AdminConsole {
         AdminConsole {
             server,
-            persistence,
             log,
             certificates,
         }
@@ -139,13 +136,22 @@ impl AdminConsole {
                     Err(err) => format!("cannot read the log: {err}"),
                 })
             }
-            Command::ClearLogs => self.answer(ctx, self.persistence.send(ClearLog), |done| {
-                // Not logged: an emptied log should be empty.
-                match done {
-                    Ok(()) => "log cleared".to_string(),
-                    Err(err) => format!("cannot clear the log: {err}"),
-                }
-            }),
+            Command::ClearLogs => {
+                // On a thread of its own, like `logs`: this thread also accepts.
+                let path = self.log.clone();
+                let cleared = async move {
+                    tokio::task::spawn_blocking(move || logging::clear_log(&path))
+                        .await
+                        .map_err(|_| MailboxError::Closed)
+                };
+                self.answer(ctx, cleared, |done| {
+                    // Not logged: an emptied log should be empty.
+                    match done {
+                        Ok(()) => "log cleared".to_string(),
+                        Err(err) => format!("cannot clear the log: {err}"),
+                    }
+                })
+            }
             Command::ClearIds => {
                 self.answer(ctx, self.server.send(ClearIdentities), |done| match done {
                     Ok(()) => "identities cleared".to_string(),

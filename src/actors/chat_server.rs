@@ -43,6 +43,7 @@ pub use self::chat::{Page, PostMessage};
 pub use self::connections::{Connections, Peer, Refusal};
 pub use self::history::{history_frame, Heading, History, MAX_REPLAY_BYTES};
 pub use self::presence::{Departure, Presence, FLAP_WINDOW, LEFT_GRACE};
+use self::rooms::RoomOp;
 pub use self::rooms::{
     AnnounceError, JoinRoom, ListRooms, PartRoom, PostInRoom, RoomSummary, RoomsSummary, Who,
 };
@@ -190,6 +191,8 @@ pub struct ChatServer {
     limits: Limits,
     /// Keys (name and look-alike) of registrations whose hash is being computed.
     pending_names: std::collections::HashSet<String>,
+    /// Joins and parts with the store, by (room key, user key).
+    room_ops: HashMap<(String, String), RoomOp>,
 
     /// The lobby's ring: every authenticated connection takes it.
     ring: Broadcaster,
@@ -264,6 +267,7 @@ impl ChatServer {
             room_history,
             direct_history,
             pending_names: Default::default(),
+            room_ops: HashMap::new(),
             ring: Broadcaster::default(),
             room_rings: HashMap::new(),
         }

@@ -37,6 +37,10 @@ pub enum ConfigError {
     },
     #[error("--host {host}: the name has no address")]
     NoAddress { host: String },
+    #[error("--cluster-name: {0}")]
+    ClusterName(#[from] crate::server::cluster::BadClusterName),
+    #[error("--nats: the URL is empty")]
+    EmptyNatsUrl,
 }
 
 /// Server configuration, as parsed from flags and environment.
@@ -131,6 +135,21 @@ pub struct ServerConfig {
     /// the broadcast ring still bounds how far a reader may fall behind).
     #[arg(long, env = "ECHOCHAT_SEND_QUEUE", default_value_t = 1_048_576)]
     pub send_queue: usize,
+
+    /// Cluster mode: the NATS server(s) with JetStream that keep the state shared by
+    /// every node of the cluster (`nats://host:4222`, comma-separated for several).
+    /// Without it the state lives in --state-dir.
+    #[arg(long, env = "ECHOCHAT_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Cluster mode: the cluster's name, which prefixes every stream, bucket and
+    /// subject in NATS (several chats can share one NATS).
+    #[arg(
+        long,
+        env = "ECHOCHAT_CLUSTER_NAME",
+        default_value = crate::server::cluster::DEFAULT_CLUSTER_NAME
+    )]
+    pub cluster_name: String,
 }
 
 impl ServerConfig {
@@ -150,6 +169,12 @@ impl ServerConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::CertWithoutKey);
+        }
+        if let Some(url) = &self.nats {
+            if url.trim().is_empty() {
+                return Err(ConfigError::EmptyNatsUrl);
+            }
+            crate::server::cluster::Layout::new(&self.cluster_name)?;
         }
         Ok(())
     }
@@ -202,6 +227,20 @@ mod tests {
             ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
         assert!(config.validate().is_err());
         assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+        assert_eq!(config.cluster_name, "echochat");
+        assert!(config.nats.is_none());
+        let cluster = |name: &str| {
+            ServerConfig::try_parse_from([
+                "echochat-server",
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--cluster-name",
+                name,
+            ])
+            .unwrap()
+        };
+        assert!(cluster("chat_2").validate().is_ok());
+        assert!(cluster("no.dots").validate().is_err());
     }
 
     #[test]

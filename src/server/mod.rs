@@ -3,6 +3,7 @@
 //! the identities, and the files of the state folder.
 
 pub mod cluster;
+pub mod cluster_store;
 pub mod config;
 pub mod hashing;
 pub mod identity;

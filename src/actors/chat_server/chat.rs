@@ -130,13 +130,25 @@ impl ChatServer {
 
     /// A message the store did not take, answered to its sender.
     fn message_not_recorded(&self, id: SessionId, err: &StoreError) {
-        if let StoreError::Unavailable(_) = err {
-            self.send_error(
-                id,
-                ErrorCode::Unavailable,
-                "the server cannot reach its shared state right now; not sent, try again later",
-            );
-            return;
+        match err {
+            StoreError::Unavailable(_) => {
+                self.send_error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the server cannot reach its shared state right now; not sent, try again later",
+                );
+                return;
+            }
+            StoreError::Unconfirmed(_) => {
+                self.send_error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the shared state did not confirm this message in time; it may still be \
+                     delivered (you will see it if it is)",
+                );
+                return;
+            }
+            _ => {}
         }
         log::error!("a message from session {id} was not recorded: {err}");
         self.send_error(

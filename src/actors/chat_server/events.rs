@@ -96,6 +96,13 @@ impl ChatServer {
 
     fn room_changed(&mut self, change: RoomChange) {
         match &change {
+            RoomChange::Join { room, user } if self.room_op_pending(room, user) => {
+                // This node's own join, answered when the store says it is done.
+                self.rooms.apply(&change);
+            }
+            RoomChange::Part { room, user } if self.room_op_pending(room, user) => {
+                self.rooms.apply(&change);
+            }
             RoomChange::Join { room, user } => {
                 let before = self.rooms.membership(room, user);
                 self.rooms.apply(&change);

@@ -48,7 +48,52 @@ impl RoomRefusal {
     }
 }
 
+/// Joins and parts of one user in one room that the store is still carrying out. A
+/// store shared between nodes may tell of the change (as an event) before it answers
+/// the request: the event then only updates the view, and the answer announces it.
+#[derive(Debug, Default)]
+pub struct RoomOp {
+    /// Requests in flight.
+    in_flight: usize,
+    /// Whether an event applied the change meanwhile.
+    applied: bool,
+}
+
 impl ChatServer {
+    /// A join or part of `user` in `room` goes to the store.
+    fn room_op_started(&mut self, room: &str, user: &str) {
+        self.room_ops
+            .entry((room.to_string(), user.to_string()))
+            .or_default()
+            .in_flight += 1;
+    }
+
+    /// One came back: whether an event applied a change meanwhile (told once).
+    fn room_op_finished(&mut self, room: &str, user: &str) -> bool {
+        let key = (room.to_string(), user.to_string());
+        let Some(op) = self.room_ops.get_mut(&key) else {
+            return false;
+        };
+        op.in_flight -= 1;
+        let applied = std::mem::take(&mut op.applied);
+        if op.in_flight == 0 {
+            self.room_ops.remove(&key);
+        }
+        applied
+    }
+
+    /// An event changes the membership of `user` in `room`: whether a request of this
+    /// node is in flight for it (the event then only updates the view).
+    pub(super) fn room_op_pending(&mut self, room: &str, user: &str) -> bool {
+        match self.room_ops.get_mut(&(room.to_string(), user.to_string())) {
+            Some(op) => {
+                op.applied = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The user (name key) a connection is authenticated as.
     pub(super) fn user_of(&self, id: SessionId) -> Option<String> {
         self.connections.get(id).and_then(|p| p.user.clone())
@@ -246,6 +291,7 @@ impl Handler<JoinRoom> for ChatServer {
         else {
             return Box::pin(fut::ready(()));
         };
+        self.room_op_started(&key, &user);
         let joining = self.store.join_room(RoomJoin {
             name: msg.room,
             key: key.clone(),
@@ -256,8 +302,11 @@ impl Handler<JoinRoom> for ChatServer {
         Box::pin(fut::wrap_future(joining).map(
             move |joined: Result<Joined, StoreError>, act: &mut Self, _| match joined {
                 Ok(joined) => {
-                    // Joined meanwhile on another connection: announced once.
-                    let was_member = act.rooms.membership(&key, &user) == Membership::Member;
+                    // Joined meanwhile on another connection: announced once. (A
+                    // member by this join's own event is not one "meanwhile".)
+                    let by_event = act.room_op_finished(&key, &user);
+                    let was_member =
+                        act.rooms.membership(&key, &user) == Membership::Member && !by_event;
                     for change in &joined.changes {
                         act.rooms.apply(change);
                     }
@@ -265,6 +314,7 @@ impl Handler<JoinRoom> for ChatServer {
                     act.answer_join(Some(id), &key, &user, joined.newly && !was_member);
                 }
                 Err(err) => {
+                    act.room_op_finished(&key, &user);
                     log::warn!("{user} joining room {key} failed: {err}");
                     act.send_store_error(id, &err, "the room could not be joined");
                 }
@@ -304,9 +354,11 @@ impl Handler<PartRoom> for ChatServer {
                 return Box::pin(fut::ready(()));
             }
         };
+        self.room_op_started(&key, &user);
         let parting = self.store.part_room(&key, &user);
         Box::pin(fut::wrap_future(parting).map(
             move |parted: Result<bool, StoreError>, act: &mut Self, _| {
+                let by_event = act.room_op_finished(&key, &user);
                 match parted {
                     Err(err @ StoreError::Unavailable(_)) => {
                         act.send_store_error(id, &err, "the room could not be left");
@@ -318,7 +370,9 @@ impl Handler<PartRoom> for ChatServer {
                     Ok(_) => {}
                 }
                 // Parted meanwhile on another connection: answered, announced once.
-                let was_member = act.rooms.membership(&key, &user) == Membership::Member;
+                // (Not a member by this part's own event is no such case.)
+                let was_member =
+                    act.rooms.membership(&key, &user) == Membership::Member || by_event;
                 act.rooms.apply(&RoomChange::Part {
                     room: key.clone(),
                     user: user.clone(),

@@ -49,6 +49,10 @@ pub enum StoreError {
     /// Another node changed it first.
     #[error("changed elsewhere meanwhile")]
     Conflict,
+    /// Handed to the shared state, but its confirmation was lost with the connection
+    /// (or late): it may still be stored, and then delivered like any other.
+    #[error("not confirmed: {0}")]
+    Unconfirmed(String),
 }
 
 /// Where a message goes.
