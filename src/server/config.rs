@@ -1,6 +1,6 @@
 //! The server's command line: every flag of the contract, each also readable from an
 //! `ECHOCHAT_*` environment variable (the flag wins). The port prompt is the client's
-//! (`client::prompt::ask_port`): both binaries ask it the same way.
+//! (`endpoint::ask_port`): both binaries ask it the same way.
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Default port of the server, and the client's default too.
-pub const DEFAULT_PORT: u16 = 9090;
+use crate::server::http::{BadOrigin, Origin};
+
+pub use crate::endpoint::DEFAULT_PORT;
 
 /// How many ports are tried, starting at the given one, before giving up.
 pub const PORT_ATTEMPTS: u16 = 100;
@@ -41,6 +42,12 @@ pub enum ConfigError {
     ClusterName(#[from] crate::server::cluster::BadClusterName),
     #[error("--nats: the URL is empty")]
     EmptyNatsUrl,
+    #[error("--allowed-origins: {0}")]
+    AllowedOrigin(#[from] BadOrigin),
+    #[error("--trusted-proxies: {0} is not an IP address")]
+    TrustedProxy(String),
+    #[error("--http-tls needs --http-port")]
+    HttpTlsWithoutPort,
 }
 
 /// Server configuration, as parsed from flags and environment.
@@ -150,6 +157,26 @@ pub struct ServerConfig {
         default_value = crate::server::cluster::DEFAULT_CLUSTER_NAME
     )]
     pub cluster_name: String,
+
+    /// Also serve the web client at `/` and the chat over a WebSocket at `/ws` on this
+    /// HTTP port (the 99 after it are tried too; 0 lets the OS pick).
+    #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Serve the web client over HTTPS with the server's TLS certificate (`--tls-cert`
+    /// and `--tls-key`, or the one the server makes for itself).
+    #[arg(long, env = "ECHOCHAT_HTTP_TLS")]
+    pub http_tls: bool,
+
+    /// Origins, besides the web client's own, whose pages may open the WebSocket
+    /// (comma-separated, e.g. `https://chat.example.com`).
+    #[arg(long, env = "ECHOCHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` says
+    /// which client a WebSocket comes from.
+    #[arg(long, env = "ECHOCHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerConfig {
@@ -176,7 +203,36 @@ impl ServerConfig {
             }
             crate::server::cluster::Layout::new(&self.cluster_name)?;
         }
+        self.allowed_origins()?;
+        self.trusted_proxies()?;
+        if self.http_tls && self.http_port.is_none() {
+            return Err(ConfigError::HttpTlsWithoutPort);
+        }
         Ok(())
+    }
+
+    /// `--allowed-origins`, parsed (empty entries are skipped).
+    pub fn allowed_origins(&self) -> Result<Vec<Origin>, ConfigError> {
+        self.allowed_origins
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| Origin::parse(entry).map_err(ConfigError::from))
+            .collect()
+    }
+
+    /// `--trusted-proxies`, parsed (empty entries are skipped).
+    pub fn trusted_proxies(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpAddr>()
+                    .map(crate::server::http::canonical_ip)
+                    .map_err(|_| ConfigError::TrustedProxy(crate::text::quote(entry)))
+            })
+            .collect()
     }
 
     /// The address to bind: `--host` itself when it is an IP address, else the first
@@ -241,6 +297,45 @@ mod tests {
         };
         assert!(cluster("chat_2").validate().is_ok());
         assert!(cluster("no.dots").validate().is_err());
+    }
+
+    #[test]
+    fn web_flags_parse_and_validate() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["echochat-server"];
+            argv.extend(args);
+            ServerConfig::try_parse_from(argv).unwrap()
+        };
+        let config = parse(&[
+            "--http-port",
+            "8080",
+            "--allowed-origins",
+            "https://chat.example.com,http://localhost:3000",
+            "--trusted-proxies",
+            "10.0.0.1, ::ffff:10.0.0.2",
+        ]);
+        assert_eq!(config.http_port, Some(8080));
+        assert!(config.validate().is_ok());
+        assert_eq!(config.allowed_origins().unwrap().len(), 2);
+        assert_eq!(
+            config.trusted_proxies().unwrap(),
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
+        let err = parse(&["--allowed-origins", "chat.example.com"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--allowed-origins: "), "{err}");
+        let err = parse(&["--trusted-proxies", "10.0.0.0/8"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+        assert!(parse(&["--http-tls"]).validate().is_err());
+        assert!(parse(&["--http-port", "0", "--http-tls"])
+            .validate()
+            .is_ok());
     }
 
     #[test]

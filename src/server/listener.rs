@@ -129,18 +129,25 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session for `transport` on the next arbiter, holding `slot`.
-    fn start(&self, peer: SocketAddr, transport: Box<dyn Transport>, slot: ConnectionSlot) {
+    /// Starts a session for `transport` on the next arbiter, holding `slot`; its id, or
+    /// `None` when there is no arbiter to run it (the connection is then dropped).
+    pub fn start(
+        &self,
+        peer: SocketAddr,
+        transport: Box<dyn Transport>,
+        slot: ConnectionSlot,
+    ) -> Option<SessionId> {
         let id: SessionId = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let Some(arbiter) = self.arbiters.get(id as usize % self.arbiters.len().max(1)) else {
             log::error!("no session arbiter to run connection {id}");
-            return;
+            return None;
         };
         let server = self.server.clone();
         let settings = self.settings.clone();
         Session::start_in_arbiter(arbiter, move |_| {
             Session::new(id, peer, transport, server, settings, slot)
         });
+        Some(id)
     }
 }
 
@@ -215,7 +222,9 @@ pub async fn accept_loop(
             }
         };
         match &wire {
-            Wire::Plain => sessions.start(peer, Box::new(Tcp(stream)), slot),
+            Wire::Plain => {
+                sessions.start(peer, Box::new(Tcp(stream)), slot);
+            }
             Wire::Tls(config) => {
                 let handshake = tls_handshake(stream, peer, config.clone(), sessions.clone(), slot);
                 match runtime::io_runtime() {
@@ -246,7 +255,9 @@ async fn tls_handshake(
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => sessions.start(peer, Box::new(Tls(tls)), slot),
+        Ok(Ok(tls)) => {
+            sessions.start(peer, Box::new(Tls(tls)), slot);
+        }
         Ok(Err(err)) => log_noise!(
             peer.ip(),
             Noise::BadInput,

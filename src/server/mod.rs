@@ -1,11 +1,12 @@
 //! Everything only the server uses, beside its actors (`crate::actors`): the command
 //! line, the listening socket, outbound delivery, limits, password hashing, the log,
-//! the identities, and the files of the state folder.
+//! the identities, the files of the state folder, and browser access (`http`).
 
 pub mod cluster;
 pub mod cluster_store;
 pub mod config;
 pub mod hashing;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod listener;

@@ -1,10 +1,10 @@
 //! Start-up and the life of the process: `server::run` parses nothing (the binary
 //! does that) and does everything else: recovers the state folder (or, with `--nats`,
-//! joins the cluster: [`storage`]), binds the port, prints `listening on <ip>:<port>`
-//! as the first stdout line, and wires the actors together — `ChatServer` (and, over
-//! the files, `Persistence`) on arbiters of their own, sessions spread
-//! over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to the same
-//! graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
+//! joins the cluster: [`storage`]), binds the ports, prints `listening on <ip>:<port>`
+//! as the first stdout line (then the TLS and HTTP listeners' lines), and wires the
+//! actors together — `ChatServer` (and, over the files, `Persistence`) on arbiters of
+//! their own, sessions spread over one arbiter per core, the admin console on stdin,
+//! and SIGINT/SIGTERM to the same graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
 //! [`StartError`], printed by the binary as one line.
 
 use std::io::{self, IsTerminal, Write};
@@ -19,8 +19,9 @@ use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
 use crate::actors::chat_server::{ChatServer, ChatSettings, Shutdown};
 use crate::actors::persistence::StatePaths;
 use crate::actors::session::SessionSettings;
-use crate::client::prompt::ask_port;
+use crate::endpoint::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
 use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, Sessions, Wire};
 use crate::server::logging;
@@ -106,8 +107,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     if host.to_string() != config.host {
         log::info!("--host {} resolved to {host}", text::quote(&config.host));
     }
-    let certificates = match config.tls_port {
-        Some(_) => {
+    // The certificate serves the TLS listener and, with --http-tls, the web client.
+    let certificates = match config.tls_port.is_some() || config.http_tls {
+        true => {
             let files = CertificatePaths::new(
                 &paths.dir,
                 config.tls_cert.as_deref(),
@@ -122,7 +124,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             let loaded = tls::load(&files)?;
             Some(Certificates::new(loaded, files))
         }
-        None => None,
+        false => None,
     };
     let plain = if config.tls_only {
         None
@@ -142,6 +144,13 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     };
     let secure = match config.tls_port {
         Some(port) => Some(bind_listener(host, port)?),
+        None => None,
+    };
+    let web = match config.http_port {
+        Some(port) => {
+            let (listener, address) = bind_listener(host, port)?;
+            Some((listener, address, HttpSettings::from_config(&config)?))
+        }
         None => None,
     };
     let address = plain
@@ -169,6 +178,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 certificates.fingerprint()
             ));
         }
+        if let Some((_, address, settings)) = &web {
+            lines.push(format!("listening on {address} {}", settings.scheme));
+        }
         for line in &lines {
             writeln!(out, "{line}").map_err(StartError::Stdout)?;
             log::info!("{line}");
@@ -193,6 +205,23 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             slots: ConnectionSlots::new(max_conns, config.max_conns_per_ip),
             next_id: Arc::new(AtomicU64::new(0)),
         };
+        if let Some((listener, _, settings)) = web {
+            let workers = sessions.arbiters.len();
+            let tls = match (&certificates, config.http_tls) {
+                (Some(certificates), true) => Some(certificates.server_config()?),
+                _ => None,
+            };
+            let gateway = http::Gateway::new(settings, sessions.clone());
+            http::start(
+                listener,
+                tls,
+                gateway,
+                workers,
+                max_conns,
+                stop_accepting.clone(),
+            )
+            .map_err(StartError::Socket)?;
+        }
         if let Some((listener, _)) = plain {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
