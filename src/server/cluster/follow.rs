@@ -414,7 +414,7 @@ impl StateFollower {
                     let age = Duration::from_millis(unix_ms().saturating_sub(published_ms));
                     let now = Instant::now();
                     let seen = now.checked_sub(age).unwrap_or(now);
-                    lock(&self.inner.presence).remote_beat(&node, beat, seen)
+                    lock(&self.inner.presence).remote_beat(&node, beat, seen, now)
                 }
                 Err(err) => {
                     log::warn!("node {} beat unreadable: {err}", text::quote(&node));
