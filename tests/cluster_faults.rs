@@ -1,5 +1,6 @@
 //! Cluster mode (SPEC §11) when things die, black box: a node killed with `kill -9`
-//! (its users leave within 30 s, nothing it acknowledged is lost, a new node
+//! (its users leave within 30 s unless still connected elsewhere, nothing it
+//! acknowledged is lost, a node started after it neither counts it nor its users and
 //! continues the ids), NATS lost and back (`unavailable`, connections kept, service
 //! resumes by itself, nothing acknowledged lost), and NATS unreachable at start.
 
@@ -36,6 +37,9 @@ fn a_killed_node_loses_nothing_acknowledged_and_its_users_leave() {
     wait_for(&mut ann, ACROSS, "bob joined", |v| {
         v["type"] == "joined" && v["name"] == "bob"
     });
+    // ann is on both nodes: losing n2 leaves her online through n1.
+    let mut ann_on_n2 = n2.connect_greeted();
+    ann_on_n2.login("ann", "password");
 
     // bob's messages, pipelined, every one acknowledged (echoed) before the kill.
     const SENT: usize = 40;
@@ -57,7 +61,7 @@ fn a_killed_node_loses_nothing_acknowledged_and_its_users_leave() {
         "bob left",
         |v| v["type"] == "left",
     );
-    assert_eq!(left["name"], "bob");
+    assert_eq!(left["name"], "bob", "only bob left: ann is still on n1");
     assert!(
         killed.elapsed() <= DEAD_NODE_LEFT,
         "left {:?} after the kill",
@@ -86,6 +90,8 @@ fn a_killed_node_loses_nothing_acknowledged_and_its_users_leave() {
     assert!(next > *acked.last().unwrap(), "{next}");
     let status = n3.admin_output("status").join("\n");
     assert!(status.contains("nodes alive: 2"), "{status}");
+    assert!(status.contains("users online: 2"), "ann and cy: {status}");
+    assert_eq!(cy.who(), ["ann", "cy"]);
 }
 
 #[test]
@@ -95,7 +101,22 @@ fn losing_nats_answers_unavailable_keeps_connections_and_recovers() {
     let (mut ann, ann_token) = registered(&n1, "ann");
     let (mut bob, _) = registered(&n2, "bob");
     wait_for(&mut ann, ACROSS, "bob joined", |v| v["type"] == "joined");
-    let before = ann.say("before the outage")["id"].as_u64().unwrap();
+    // Messages from both nodes, pipelined, every one echoed (acknowledged) before
+    // NATS dies.
+    const EACH: usize = 15;
+    for i in 0..EACH {
+        ann.send(&json!({"type":"say","text":format!("a{i}")}));
+        bob.send(&json!({"type":"say","text":format!("b{i}")}));
+    }
+    let mut acked = Vec::new();
+    for (client, from) in [(&mut ann, "ann"), (&mut bob, "bob")] {
+        for _ in 0..EACH {
+            let m =
+                client.recv_matching("an echo", |v| v["type"] == "message" && v["from"] == from);
+            acked.push(m["id"].as_u64().unwrap());
+        }
+    }
+    acked.sort_unstable();
 
     nats.kill();
     // The node notices at once (the connection drops). (A `say` sent in the instant
@@ -150,8 +171,14 @@ fn losing_nats_answers_unavailable_keeps_connections_and_recovers() {
     });
     assert_eq!(seen["id"], back["id"]);
     // Nothing acknowledged was lost, not even by NATS killed with SIGKILL.
-    let lobby = page(&mut bob, json!({"room":"lobby"}));
-    assert!(ids(&lobby).contains(&before), "{lobby}");
+    for (client, server) in [(&mut bob, "n2"), (&mut ann, "n1")] {
+        let lobby = ids(&page(client, json!({"room":"lobby","limit":100})));
+        let missing: Vec<&u64> = acked.iter().filter(|id| !lobby.contains(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "lost on {server}: {missing:?} of {lobby:?}"
+        );
+    }
     let mut c = n1.connect_greeted();
     c.login("bob", "password");
 }

@@ -1,9 +1,9 @@
 //! Cluster mode (SPEC §11), black box: the real server binary started two or three
 //! times against one real `nats-server -js`, each node with its own state folder,
 //! clients talking to different nodes. Chat and rooms across nodes, a name raced for
-//! on two nodes, a token resumed on another node and spent once, history and paging
-//! from any node, and the console's commands acting on the whole cluster. (Faults —
-//! a node killed, NATS lost — are in `cluster_faults.rs`.)
+//! on two nodes, a token resumed on another node and spent once, identification by IP
+//! shared, history and paging from any node, and the console's commands acting on the
+//! whole cluster. (Faults — a node killed, NATS lost — are in `cluster_faults.rs`.)
 
 mod cluster_support;
 mod common;
@@ -205,6 +205,14 @@ fn a_token_resumes_on_any_node_and_is_spent_once() {
     }
     // The token n2 gave works on n1.
     n1.connect_greeted().resume("ann", &fresh);
+
+    // Identification by IP is shared too: the name last authenticated from this
+    // address on n2 is the one n1 knows it by.
+    let _dee = registered(&n2, "dee");
+    eventually(ACROSS, "n1 knows this address as dee", || {
+        let welcome = n1.connect().welcome();
+        (welcome["known_name"] == "dee").then_some(())
+    });
 }
 
 #[test]
