@@ -299,7 +299,7 @@ impl Cluster {
                     }
                 }
             })
-            .connect(config.url.as_str())
+            .connect(servers(&config.url))
             .await
             .map_err(|err| ConnectError::Unreachable {
                 url: url.clone(),
@@ -1004,6 +1004,15 @@ fn last_present(info: &stream::Info) -> u64 {
     }
 }
 
+/// The servers of a `--nats` value: comma-separated URLs (blanks around them and empty
+/// entries are ignored).
+fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// Creates `bucket` (history 1; presence entries expire) or binds to it if another
 /// node did.
 async fn open_bucket(
@@ -1049,4 +1058,18 @@ async fn open_bucket(
     js.get_key_value(&name)
         .await
         .map_err(|err| outcome.err().unwrap_or_else(|| err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::servers;
+
+    #[test]
+    fn nats_takes_several_comma_separated_servers() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers(" nats://a:4222, nats://b:4222,,nats://c:4222 "),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 }
