@@ -42,6 +42,8 @@ pub enum ConfigError {
     ClusterName(#[from] crate::server::cluster::BadClusterName),
     #[error("--nats: the URL is empty")]
     EmptyNatsUrl,
+    #[error("--nats-replicas must be 1 to 5 (NATS keeps at most 5 copies), not {0}")]
+    NatsReplicas(usize),
     #[error("--allowed-origins: {0}")]
     AllowedOrigin(#[from] BadOrigin),
     #[error("--trusted-proxies: {0} is not an IP address")]
@@ -158,6 +160,12 @@ pub struct ServerConfig {
     )]
     pub cluster_name: String,
 
+    /// Cluster mode: copies NATS keeps of the message stream and of every bucket, when
+    /// the first node creates them (1 for one NATS server; 3 on a NATS cluster of three
+    /// or more, so that losing a NATS server loses nothing).
+    #[arg(long, env = "ECHOCHAT_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
     /// Also serve the web client at `/` and the chat over a WebSocket at `/ws` on this
     /// HTTP port (the 99 after it are tried too; 0 lets the OS pick).
     #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
@@ -202,6 +210,9 @@ impl ServerConfig {
                 return Err(ConfigError::EmptyNatsUrl);
             }
             crate::server::cluster::Layout::new(&self.cluster_name)?;
+            if !(1..=5).contains(&self.nats_replicas) {
+                return Err(ConfigError::NatsReplicas(self.nats_replicas));
+            }
         }
         self.allowed_origins()?;
         self.trusted_proxies()?;
@@ -297,6 +308,20 @@ mod tests {
         };
         assert!(cluster("chat_2").validate().is_ok());
         assert!(cluster("no.dots").validate().is_err());
+        let replicas = |n: &str| {
+            ServerConfig::try_parse_from([
+                "echochat-server",
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--nats-replicas",
+                n,
+            ])
+            .unwrap()
+            .validate()
+        };
+        assert!(replicas("3").is_ok());
+        assert!(replicas("0").is_err());
+        assert!(replicas("6").is_err());
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn connect(
     cluster.label = format!("{host}:{} pid {}", address.port(), std::process::id());
     cluster.recent = config.history;
     cluster.token_ttl = Some(Duration::from_secs(config.token_ttl));
+    cluster.replicas = config.nats_replicas;
     let arbiter = Arbiter::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
