@@ -2,7 +2,9 @@
 //! (its users leave within 30 s unless still connected elsewhere, nothing it
 //! acknowledged is lost, a node started after it neither counts it nor its users and
 //! continues the ids), NATS lost and back (`unavailable`, connections kept, service
-//! resumes by itself, nothing acknowledged lost), and NATS unreachable at start.
+//! resumes by itself, nothing acknowledged lost), one server of a three-server NATS
+//! cluster lost (`--nats-replicas 3`: the chat goes on), and NATS unreachable at
+//! start.
 
 mod cluster_support;
 mod common;
@@ -12,11 +14,14 @@ use std::time::{Duration, Instant};
 
 use cluster_support::{eventually, ids, node, page, registered, wait_for};
 use common::*;
-use nats_support::{free_port, NatsServer};
+use nats_support::{free_port, NatsCluster, NatsServer};
 use serde_json::json;
 
 /// How long news from another node may take (a presence beat, a bucket change).
 const ACROSS: Duration = Duration::from_secs(15);
+
+/// How long a NATS cluster may take to fail over after losing a server.
+const FAIL_OVER: Duration = Duration::from_secs(60);
 
 /// SPEC §11: a dead node's users are `left` within this.
 const DEAD_NODE_LEFT: Duration = Duration::from_secs(30);
@@ -181,6 +186,75 @@ fn losing_nats_answers_unavailable_keeps_connections_and_recovers() {
     }
     let mut c = n1.connect_greeted();
     c.login("bob", "password");
+}
+
+#[test]
+fn losing_one_server_of_a_three_server_nats_cluster_keeps_the_chat_going() {
+    let mut nats = NatsCluster::start(3);
+    // Each node is first sent to a server of its own; both know all three.
+    let on = |first: usize| {
+        let urls = nats.urls(first);
+        TestServer::start_with(&[
+            "--nats",
+            urls.as_str(),
+            "--nats-replicas",
+            "3",
+            "--msg-rate",
+            "0",
+        ])
+    };
+    let (n1, n2) = (on(0), on(1));
+    let (mut ann, _) = registered(&n1, "ann");
+    let (mut bob, _) = registered(&n2, "bob");
+    wait_for(&mut ann, ACROSS, "bob joined", |v| v["type"] == "joined");
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(ann.say(&format!("a{i}"))["id"].as_u64().unwrap());
+        acked.push(bob.say(&format!("b{i}"))["id"].as_u64().unwrap());
+    }
+
+    nats.kill(0);
+    // The nodes move to the servers left, and NATS elects new leaders for what the
+    // lost server led; two of three copies are a majority, so after the fail-over (a
+    // consumer on the lost server is noticed by its missing heartbeats, 10 s, and is
+    // made again once the stream has a leader: usually 10-15 s in all, and a `say`
+    // acknowledged meanwhile is echoed then) everything works again: chat across
+    // nodes, new accounts, logins anywhere.
+    let mut attempt = 0;
+    let back = eventually(FAIL_OVER, "say works after the fail-over", || {
+        attempt += 1;
+        let text = format!("after {attempt}");
+        ann.send(&json!({"type":"say","text":text}));
+        let v = wait_for(&mut ann, FAIL_OVER, "say's answer", |v| {
+            v["type"] == "error" || (v["type"] == "message" && v["text"] == text.as_str())
+        });
+        (v["type"] == "message").then_some(v)
+    });
+    let seen = wait_for(&mut bob, FAIL_OVER / 2, "the message after", |v| {
+        v["type"] == "message" && v["text"] == back["text"]
+    });
+    assert_eq!(seen["id"], back["id"]);
+    eventually(FAIL_OVER, "a registration after the fail-over", || {
+        let mut c = n2.connect_greeted();
+        c.send(&json!({"type":"register","name":"cy","password":"password"}));
+        let answer = c.recv();
+        // name_taken: an earlier attempt was stored though its answer was lost.
+        (answer["type"] == "auth_ok" || answer["code"] == "name_taken").then_some(())
+    });
+    eventually(FAIL_OVER, "cy logs in on the other node", || {
+        let mut c = n1.connect_greeted();
+        c.send(&json!({"type":"login","name":"cy","password":"password"}));
+        (c.recv()["type"] == "auth_ok").then_some(())
+    });
+    // Nothing acknowledged before the loss is missing, on either node.
+    for (client, node) in [(&mut ann, "n1"), (&mut bob, "n2")] {
+        let lobby = ids(&page(client, json!({"room":"lobby","limit":100})));
+        let missing: Vec<&u64> = acked.iter().filter(|id| !lobby.contains(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "lost on {node}: {missing:?} of {lobby:?}"
+        );
+    }
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //! times against one real `nats-server -js`, each node with its own state folder,
 //! clients talking to different nodes. Chat and rooms across nodes, a name raced for
 //! on two nodes, a token resumed on another node and spent once, identification by IP
-//! shared, history and paging from any node, and the console's commands acting on the
-//! whole cluster. (Faults — a node killed, NATS lost — are in `cluster_faults.rs`.)
+//! shared, also behind a proxy (`--trusted-proxies`), history and paging from any node,
+//! and the console's commands acting on the whole cluster. (Faults — a node killed, NATS lost — are in `cluster_faults.rs`.)
 
 mod cluster_support;
 mod common;
 mod nats_support;
+mod web_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use cluster_support::{eventually, ids, node, page, registered, wait_for};
 use common::*;
 use nats_support::NatsServer;
 use serde_json::{json, Value};
+use web_support::WebServer;
 
 /// How long news from another node may take (a presence beat, a bucket change).
 const ACROSS: Duration = Duration::from_secs(15);
@@ -342,4 +344,43 @@ fn console_commands_act_on_the_whole_cluster() {
         let names: BTreeSet<String> = n1.admin_output("users").into_iter().collect();
         names.contains("ann").then_some(())
     });
+}
+
+#[test]
+fn behind_a_proxy_identification_by_ip_follows_the_client_to_any_node() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let args = [
+        "--nats",
+        url.as_str(),
+        "--msg-rate",
+        "0",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ];
+    let (w1, w2) = (WebServer::start(&args), WebServer::start(&args));
+    let via = |web: &WebServer, ip: &str| {
+        let mut ws = web
+            .ws(Some(&web.origin()), &[("X-Forwarded-For", ip)])
+            .expect("WebSocket upgrade");
+        let welcome = ws.welcome();
+        (ws, welcome)
+    };
+    let (mut eve, welcome) = via(&w1, "198.51.100.7");
+    assert!(welcome["known_name"].is_null(), "{welcome}");
+    eve.register("eve", "password");
+    // The proxy sends the same client to the other node: it is known there too.
+    eventually(ACROSS, "node 2 knows 198.51.100.7 as eve", || {
+        let (_, welcome) = via(&w2, "198.51.100.7");
+        (welcome["known_name"] == "eve").then_some(())
+    });
+    let (_, welcome) = via(&w2, "198.51.100.8");
+    assert!(welcome["known_name"].is_null(), "{welcome}");
+    // The WebSocket on one node chats with a TCP client on the other.
+    let (mut bob, _) = registered(&w2.server, "bob");
+    let sent = eve.say("hello from the web");
+    let seen = wait_for(&mut bob, ACROSS, "eve's message", |v| {
+        is_message_from(v, "eve")
+    });
+    assert_eq!(seen["id"], sent["id"]);
 }
