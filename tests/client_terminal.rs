@@ -113,12 +113,8 @@ fn ctrl_d_at_the_name_prompt_exits_with_a_word() {
     tty.expect("Name: ");
     tty.send("\x04");
     assert_eq!(tty.wait_exit(), 0);
-    let after = tty.text();
-    let after = &after[after.find("Name: ").unwrap() + "Name: ".len()..];
-    assert!(
-        after.contains("echochat: "),
-        "no word on leaving: {after:?}"
-    );
+    // The word may still be on its way from the pty when the exit is seen.
+    tty.expect("echochat: ");
     assert_eq!(tty.line_mode(), (true, true));
 }
 

@@ -382,6 +382,7 @@ async fn changes_on_one_node_reach_the_others_and_later_snapshots() {
         name: "Zoë".into(),
         reason: "spam".into(),
         at_ms: 3,
+        revoked: Default::default(),
     };
     b.ban(&key, &ban).await.unwrap();
     let banned = expect(&mut b_events, "the ban", |e| match e {

@@ -11,6 +11,7 @@
 //! | `resume` | [`resume`] | connect + welcome + resume + history per second |
 //! | `memory` | [`memory`] | server RSS per idle authenticated connection |
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
+//! | `cluster` | [`cluster`] | the same server in cluster mode (two nodes on one NATS) beside it: registration, resume, fan-out and cross-node latency (only when asked for: it needs `nats-server`) |
 //!
 //! ```text
 //! cargo build --release --workspace
@@ -35,6 +36,7 @@
 //! loopback addresses are used, and a server it started is stopped on exit, error or
 //! panic.
 
+mod cluster;
 mod conn;
 mod error;
 mod fanout;
@@ -68,10 +70,12 @@ pub enum Phase {
     Resume,
     Memory,
     Storm,
+    /// Only when asked for (`--phase cluster`): it needs `nats-server`.
+    Cluster,
 }
 
 impl Phase {
-    /// Every phase, in the order they run.
+    /// The phases run by default, in the order they run.
     fn all() -> Vec<Phase> {
         vec![
             Phase::Fanout,
@@ -90,6 +94,7 @@ impl Phase {
             Phase::Resume => "resume",
             Phase::Memory => "memory",
             Phase::Storm => "storm",
+            Phase::Cluster => "cluster",
         }
     }
 }
@@ -177,6 +182,12 @@ pub struct Options {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Cluster phase: the NATS server binary to start (with JetStream).
+    #[arg(long, default_value = "nats-server", value_name = "PATH")]
+    pub nats_server_bin: String,
+    /// Cluster phase: accounts registered to time registration.
+    #[arg(long, default_value_t = 200)]
+    pub cluster_registrations: usize,
 }
 
 /// A strictly positive, finite number (seconds or a rate).
@@ -209,6 +220,8 @@ pub struct Bench {
     summary: Vec<String>,
     /// Named figures of the phases run so far, for the side-by-side table.
     figures: Vec<(String, f64)>,
+    /// Loads started so far (names the accounts of the next one).
+    loads: usize,
 }
 
 impl Bench {
@@ -224,6 +237,12 @@ impl Bench {
             });
         }
         self.accounts.drain(..count).collect()
+    }
+
+    /// A number for the next load's accounts, new each time.
+    pub fn next_load(&mut self) -> usize {
+        self.loads += 1;
+        self.loads
     }
 
     /// Puts accounts back in the pool with their fresh tokens.
@@ -390,6 +409,7 @@ fn open_target(
         accounts: Vec::new(),
         summary: Vec::new(),
         figures: Vec::new(),
+        loads: 0,
     };
     Ok((server, bench))
 }
@@ -402,6 +422,7 @@ async fn run_phase(bench: &mut Bench, phase: Phase) -> bool {
         Phase::Resume => resume::run(bench).await,
         Phase::Memory => memory::run(bench).await,
         Phase::Storm => storm::run(bench).await,
+        Phase::Cluster => cluster::run(bench).await,
     };
     match result {
         Ok(()) => true,
@@ -444,7 +465,7 @@ async fn run(opts: Options) -> Result<bool> {
         ok
     } else {
         let mut ok = true;
-        for phase in Phase::all() {
+        for phase in Phase::all().into_iter().chain([Phase::Cluster]) {
             if opts.phase.contains(&phase) {
                 ok &= run_phase(&mut bench, phase).await;
             }

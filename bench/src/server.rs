@@ -208,7 +208,7 @@ fn fresh_state_dir(label: &str) -> Result<PathBuf> {
 
 /// Asks the kernel to kill the server if this process dies without dropping it (a
 /// SIGKILL of the benchmark must not leave a server behind).
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {

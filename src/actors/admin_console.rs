@@ -1,5 +1,6 @@
 //! `AdminConsole`: turns the lines typed on the server's stdin into typed messages to
-//! `ChatServer` and `Persistence`, and prints their answers on stdout.
+//! `ChatServer`, and prints their answers on stdout; the log it reads and clears
+//! itself.
 //!
 //! Stdin is read on a dedicated thread ([`spawn_stdin_reader`]): a blocking read there
 //! cannot hold up shutdown, and end of input closes only the console. Commands run one
@@ -17,8 +18,8 @@ use super::chat_server::{
     BanAccount, ChatServer, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
     PostAsServer, PostInRoom, ResumeGreeting, RoomsSummary, Shutdown, Status, UnbanAccount,
 };
-use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
+use crate::server::store::NodeSummary;
 use crate::server::tls::Certificates;
 use crate::text::{escape, plural};
 
@@ -29,7 +30,6 @@ pub use self::command::{parse_command, Command, ConsoleError, HELP};
 /// The actor. See the module documentation.
 pub struct AdminConsole {
     server: Addr<ChatServer>,
-    persistence: Addr<Persistence>,
     /// The log file, which `logs` reads itself (reading never changes it).
     log: PathBuf,
     /// The TLS certificate, when the server listens with TLS.
@@ -37,16 +37,14 @@ pub struct AdminConsole {
 }
 
 impl AdminConsole {
-    /// A console driving `server` and `persistence`, reading the log at `log`.
+    /// A console driving `server`, reading (and clearing) the log at `log`.
     pub fn new(
         server: Addr<ChatServer>,
-        persistence: Addr<Persistence>,
         log: PathBuf,
         certificates: Option<Arc<Certificates>>,
     ) -> AdminConsole {
         AdminConsole {
             server,
-            persistence,
             log,
             certificates,
         }
@@ -63,7 +61,7 @@ impl AdminConsole {
                     .unwrap_or_default();
                 self.answer(ctx, self.server.send(Status), move |report| {
                     format!(
-                        "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}{tls}",
+                        "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}{tls}{}",
                         report.address,
                         if report.paused { "yes" } else { "no" },
                         report.users_online,
@@ -72,6 +70,7 @@ impl AdminConsole {
                         report.accounts,
                         report.last_message_id,
                         format_uptime(report.uptime),
+                        format_nodes(&report.nodes),
                     )
                 })
             }
@@ -137,13 +136,22 @@ impl AdminConsole {
                     Err(err) => format!("cannot read the log: {err}"),
                 })
             }
-            Command::ClearLogs => self.answer(ctx, self.persistence.send(ClearLog), |done| {
-                // Not logged: an emptied log should be empty.
-                match done {
-                    Ok(()) => "log cleared".to_string(),
-                    Err(err) => format!("cannot clear the log: {err}"),
-                }
-            }),
+            Command::ClearLogs => {
+                // On a thread of its own, like `logs`: this thread also accepts.
+                let path = self.log.clone();
+                let cleared = async move {
+                    tokio::task::spawn_blocking(move || logging::clear_log(&path))
+                        .await
+                        .map_err(|_| MailboxError::Closed)
+                };
+                self.answer(ctx, cleared, |done| {
+                    // Not logged: an emptied log should be empty.
+                    match done {
+                        Ok(()) => "log cleared".to_string(),
+                        Err(err) => format!("cannot clear the log: {err}"),
+                    }
+                })
+            }
             Command::ClearIds => {
                 self.answer(ctx, self.server.send(ClearIdentities), |done| match done {
                     Ok(()) => "identities cleared".to_string(),
@@ -152,14 +160,18 @@ impl AdminConsole {
             }
             Command::Kick(name) => {
                 let asked = escape(&name).into_owned();
-                self.answer(ctx, self.server.send(Kick { name }), move |n| {
-                    if n == 0 {
-                        format!("no such user online: {asked}")
-                    } else {
-                        format!(
+                self.answer(ctx, self.server.send(Kick { name }), move |kicked| {
+                    match (kicked.here, kicked.elsewhere) {
+                        (0, false) => format!("no such user online: {asked}"),
+                        (0, true) => format!("kicked {asked} (on other nodes)"),
+                        (n, false) => format!(
                             "kicked {asked} ({})",
                             plural(n, "connection", "connections")
-                        )
+                        ),
+                        (n, true) => format!(
+                            "kicked {asked} ({} here, and on other nodes)",
+                            plural(n, "connection", "connections")
+                        ),
                     }
                 })
             }
@@ -362,6 +374,25 @@ fn utc_time(ms: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
+}
+
+/// The nodes of a cluster, one line each after a count (nothing for a single server).
+fn format_nodes(nodes: &[NodeSummary]) -> String {
+    if nodes.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("\nnodes alive: {}", nodes.len());
+    for node in nodes {
+        text.push_str(&format!(
+            "\n  {}{}: {} online, {}, up since {}",
+            escape(&node.label),
+            if node.this_node { " (this node)" } else { "" },
+            plural(node.users, "user", "users"),
+            plural(node.connections as usize, "connection", "connections"),
+            utc_time(node.started_ms),
+        ));
+    }
+    text
 }
 
 fn format_uptime(uptime: Duration) -> String {

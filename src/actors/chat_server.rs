@@ -19,6 +19,7 @@ mod accounts;
 mod admin;
 mod chat;
 mod connections;
+mod events;
 mod history;
 mod presence;
 mod rooms;
@@ -35,13 +36,14 @@ use tokio_util::sync::CancellationToken;
 pub use self::account::{ChangePassword, DeleteAccount};
 pub use self::accounts::{AuthOutcome, Authenticate, Credentials, Logout};
 pub use self::admin::{
-    BanAccount, BanError, BanSummary, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
-    PostAsServer, ResumeGreeting, Status, StatusReport, UnbanAccount,
+    BanAccount, BanError, BanSummary, ClearIdentities, Kick, Kicked, ListBans, ListUsers,
+    PauseGreeting, PostAsServer, ResumeGreeting, Status, StatusReport, UnbanAccount,
 };
 pub use self::chat::{Page, PostMessage};
 pub use self::connections::{Connections, Peer, Refusal};
 pub use self::history::{history_frame, Heading, History, MAX_REPLAY_BYTES};
 pub use self::presence::{Departure, Presence, FLAP_WINDOW, LEFT_GRACE};
+use self::rooms::RoomOp;
 pub use self::rooms::{
     AnnounceError, JoinRoom, ListRooms, PartRoom, PostInRoom, RoomSummary, RoomsSummary, Who,
 };
@@ -56,7 +58,7 @@ use crate::server::limits::{KeyedBuckets, WindowLimiter};
 use crate::server::logging::Noise;
 use crate::server::outbound::{Broadcaster, Outbox, SessionId, Skip};
 use crate::server::rooms::Rooms;
-use crate::server::store::{Store, StoreHealth};
+use crate::server::store::{Store, StoreError, StoreHealth};
 use crate::server::unix_ms;
 
 /// How often expired tokens and idle limiter entries are dropped.
@@ -189,6 +191,8 @@ pub struct ChatServer {
     limits: Limits,
     /// Keys (name and look-alike) of registrations whose hash is being computed.
     pending_names: std::collections::HashSet<String>,
+    /// Joins and parts with the store, by (room key, user key).
+    room_ops: HashMap<(String, String), RoomOp>,
 
     /// The lobby's ring: every authenticated connection takes it.
     ring: Broadcaster,
@@ -263,6 +267,7 @@ impl ChatServer {
             room_history,
             direct_history,
             pending_names: Default::default(),
+            room_ops: HashMap::new(),
             ring: Broadcaster::default(),
             room_rings: HashMap::new(),
         }
@@ -279,6 +284,81 @@ impl ChatServer {
 
     fn send_error(&self, id: SessionId, code: ErrorCode, message: &str) {
         self.send_to(id, &ServerMessage::error(code, message));
+    }
+
+    fn send_unavailable(&self, id: SessionId) {
+        self.send_error(
+            id,
+            ErrorCode::Unavailable,
+            "the server cannot reach its shared state right now; try again in a moment",
+        );
+    }
+
+    /// Answers `unavailable` when the store cannot be reached (cluster mode, NATS
+    /// lost); whether it did. Every request but `ping`, `quit` and `who` asks this.
+    fn refuse_if_unavailable(&self, id: SessionId) -> bool {
+        if self.store.is_available() {
+            return false;
+        }
+        self.send_unavailable(id);
+        true
+    }
+
+    /// A store failure answered to a connection: `unavailable` when the shared state
+    /// cannot be reached, else `internal` with `what` (and a log line).
+    fn send_store_error(&self, id: SessionId, err: &StoreError, what: &str) {
+        if let StoreError::Unavailable(_) = err {
+            self.send_unavailable(id);
+            return;
+        }
+        log::error!("session {id}: {what}: {err}");
+        self.send_error(id, ErrorCode::Internal, &format!("{what}; try again later"));
+    }
+
+    /// The names of the users online (here or on any other node), sorted by key.
+    fn online_names(&self) -> Vec<String> {
+        let elsewhere = self.store.online_elsewhere();
+        if elsewhere.is_empty() {
+            return self.presence.names();
+        }
+        self.online_by_key().into_values().collect()
+    }
+
+    /// The users online (here or on any other node), name by key.
+    fn online_by_key(&self) -> std::collections::BTreeMap<String, String> {
+        let mut online: std::collections::BTreeMap<String, String> = self
+            .presence
+            .iter()
+            .map(|(key, name)| (key.to_string(), name.to_string()))
+            .collect();
+        for (key, name) in self.store.online_elsewhere() {
+            online.entry(key).or_insert(name);
+        }
+        online
+    }
+
+    /// Closes every connection of `key` here but `except`, telling it `message`;
+    /// answers how many.
+    fn kick_local(&mut self, key: &str, message: &str, except: Option<SessionId>) -> usize {
+        let Some(frame) = encode(&ServerMessage::Kicked {
+            message: message.to_string(),
+        }) else {
+            return 0;
+        };
+        let kicked: Vec<SessionId> = self
+            .connections
+            .of_user(key)
+            .map(|(id, _)| id)
+            .filter(|id| Some(*id) != except)
+            .collect();
+        for id in &kicked {
+            if let Some(peer) = self.connections.get_mut(*id) {
+                peer.token_digest = None;
+                peer.handle.outbox.send(frame.clone());
+                peer.handle.outbox.close();
+            }
+        }
+        kicked.len()
     }
 
     fn greet(&mut self, id: SessionId) {
@@ -308,6 +388,11 @@ impl ChatServer {
         self.store.record_identities(changes, false);
     }
 
+    /// Whether the user `key` is online on another node.
+    fn online_elsewhere(&self, key: &str) -> bool {
+        self.store.online_elsewhere().iter().any(|(k, _)| k == key)
+    }
+
     fn broadcast_event(&self, message: &ServerMessage, skip: Option<Skip>) {
         if let Some(frame) = encode(message) {
             self.ring.publish(frame, skip);
@@ -330,6 +415,10 @@ impl Actor for ChatServer {
         // never parked and reordered; each session caps what it has in flight instead.
         // Set before any session exists, so no sender is parked yet.
         ctx.set_mailbox_capacity(0);
+        // What the other nodes do, when the store is shared with them.
+        if let Some(events) = self.store.take_events() {
+            ctx.add_stream(events);
+        }
         ctx.run_interval(HOUSEKEEPING_INTERVAL, |act, _| {
             let now = unix_ms();
             if act.identities.has_expired_tokens(now) {
@@ -430,13 +519,21 @@ impl Handler<Disconnect> for ChatServer {
             peer.ip
         );
         if let Some(key) = peer.user {
+            // The last connection anywhere, as far as the store knows (another node
+            // may still have the user).
+            let last_anywhere = self.store.user_disconnected(&key);
             match self.presence.depart(&key, Instant::now()) {
                 Departure::Stayed => {}
-                Departure::Left(name) => self.broadcast_event(&ServerMessage::Left { name }, None),
+                Departure::Left(name) if last_anywhere => {
+                    self.broadcast_event(&ServerMessage::Left { name }, None)
+                }
+                Departure::Left(_) => {}
                 Departure::Held(held) => {
                     ctx.run_later(LEFT_GRACE, move |act, _| {
                         if let Some(name) = act.presence.departure_due(&held, Instant::now()) {
-                            act.broadcast_event(&ServerMessage::Left { name }, None);
+                            if !act.online_elsewhere(&key) {
+                                act.broadcast_event(&ServerMessage::Left { name }, None);
+                            }
                         }
                     });
                 }

@@ -353,20 +353,3 @@ impl Handler<WatchHealth> for Persistence {
         self.health_watcher = Some(msg.0);
     }
 }
-
-/// Empty the log file. The logger appends (`O_APPEND`), so its next line lands at the
-/// new end of the file: no gap of zero bytes, no lost later line.
-#[derive(Message)]
-#[rtype(result = "Result<(), PersistError>")]
-pub struct ClearLog;
-
-impl Handler<ClearLog> for Persistence {
-    type Result = Result<(), PersistError>;
-
-    fn handle(&mut self, _: ClearLog, _: &mut Self::Context) -> Self::Result {
-        let path = &self.paths.log;
-        crate::server::store::state_files::open_private_append(path)
-            .and_then(|file| file.set_len(0))
-            .map_err(|e| PersistError::new(path, e))
-    }
-}

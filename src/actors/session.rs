@@ -261,7 +261,13 @@ impl Session {
                 self.server
                     .send(Logout { id: self.id })
                     .into_actor(self)
-                    .map(|_, act, ctx| act.close(ctx))
+                    // Refused (`unavailable`): the token stays, and so does the
+                    // connection.
+                    .map(|done, act, ctx| {
+                        if done.unwrap_or(true) {
+                            act.close(ctx)
+                        }
+                    })
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),

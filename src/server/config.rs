@@ -38,6 +38,12 @@ pub enum ConfigError {
     },
     #[error("--host {host}: the name has no address")]
     NoAddress { host: String },
+    #[error("--cluster-name: {0}")]
+    ClusterName(#[from] crate::server::cluster::BadClusterName),
+    #[error("--nats: the URL is empty")]
+    EmptyNatsUrl,
+    #[error("--nats-replicas must be 1 to 5 (NATS keeps at most 5 copies), not {0}")]
+    NatsReplicas(usize),
     #[error("--allowed-origins: {0}")]
     AllowedOrigin(#[from] BadOrigin),
     #[error("--trusted-proxies: {0} is not an IP address")]
@@ -139,6 +145,27 @@ pub struct ServerConfig {
     #[arg(long, env = "ECHOCHAT_SEND_QUEUE", default_value_t = 1_048_576)]
     pub send_queue: usize,
 
+    /// Cluster mode: the NATS server(s) with JetStream that keep the state shared by
+    /// every node of the cluster (`nats://host:4222`, comma-separated for several).
+    /// Without it the state lives in --state-dir.
+    #[arg(long, env = "ECHOCHAT_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Cluster mode: the cluster's name, which prefixes every stream, bucket and
+    /// subject in NATS (several chats can share one NATS).
+    #[arg(
+        long,
+        env = "ECHOCHAT_CLUSTER_NAME",
+        default_value = crate::server::cluster::DEFAULT_CLUSTER_NAME
+    )]
+    pub cluster_name: String,
+
+    /// Cluster mode: copies NATS keeps of the message stream and of every bucket, when
+    /// the first node creates them (1 for one NATS server; 3 on a NATS cluster of three
+    /// or more, so that losing a NATS server loses nothing).
+    #[arg(long, env = "ECHOCHAT_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
     /// Also serve the web client at `/` and the chat over a WebSocket at `/ws` on this
     /// HTTP port (the 99 after it are tried too; 0 lets the OS pick).
     #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
@@ -177,6 +204,15 @@ impl ServerConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::CertWithoutKey);
+        }
+        if let Some(url) = &self.nats {
+            if url.trim().is_empty() {
+                return Err(ConfigError::EmptyNatsUrl);
+            }
+            crate::server::cluster::Layout::new(&self.cluster_name)?;
+            if !(1..=5).contains(&self.nats_replicas) {
+                return Err(ConfigError::NatsReplicas(self.nats_replicas));
+            }
         }
         self.allowed_origins()?;
         self.trusted_proxies()?;
@@ -258,6 +294,34 @@ mod tests {
             ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
         assert!(config.validate().is_err());
         assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+        assert_eq!(config.cluster_name, "echochat");
+        assert!(config.nats.is_none());
+        let cluster = |name: &str| {
+            ServerConfig::try_parse_from([
+                "echochat-server",
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--cluster-name",
+                name,
+            ])
+            .unwrap()
+        };
+        assert!(cluster("chat_2").validate().is_ok());
+        assert!(cluster("no.dots").validate().is_err());
+        let replicas = |n: &str| {
+            ServerConfig::try_parse_from([
+                "echochat-server",
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--nats-replicas",
+                n,
+            ])
+            .unwrap()
+            .validate()
+        };
+        assert!(replicas("3").is_ok());
+        assert!(replicas("0").is_err());
+        assert!(replicas("6").is_err());
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl Write for LogFile {
 /// (or by hand) may be of any length.
 pub const MAX_PRINTED_LINE_CHARS: usize = 4096;
 
+/// Empties the log at `path`. The logger appends (`O_APPEND`), so its next line lands
+/// at the new end of the file: no gap of zero bytes, no lost later line.
+pub fn clear_log(path: &Path) -> io::Result<()> {
+    crate::server::store::state_files::open_private_append(path).and_then(|file| file.set_len(0))
+}
+
 /// Writes the log at `path`, or its last `last` lines, to `out`, each line escaped and
 /// bounded; returns how many lines. The whole log is streamed, never held in memory,
 /// and `last` reads only the tail of the file.

@@ -3,6 +3,7 @@
 //! the identities, the files of the state folder, and browser access (`http`).
 
 pub mod cluster;
+pub mod cluster_store;
 pub mod config;
 pub mod hashing;
 pub mod http;

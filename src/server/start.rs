@@ -1,10 +1,10 @@
 //! Start-up and the life of the process: `server::run` parses nothing (the binary
-//! does that) and does everything else: recovers the state folder, binds the port,
-//! prints `listening on <ip>:<port>` as the first stdout line (then the TLS and HTTP
-//! listeners' lines), and wires the actors
-//! together — `ChatServer` and `Persistence` on arbiters of their own, sessions spread
-//! over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to the same
-//! graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
+//! does that) and does everything else: recovers the state folder (or, with `--nats`,
+//! joins the cluster: [`storage`]), binds the ports, prints `listening on <ip>:<port>`
+//! as the first stdout line (then the TLS and HTTP listeners' lines), and wires the
+//! actors together — `ChatServer` (and, over the files, `Persistence`) on arbiters of
+//! their own, sessions spread over one arbiter per core, the admin console on stdin,
+//! and SIGINT/SIGTERM to the same graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
 //! [`StartError`], printed by the binary as one line.
 
 use std::io::{self, IsTerminal, Write};
@@ -16,8 +16,8 @@ use actix::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
-use crate::actors::chat_server::{ChatServer, ChatSettings, Recovered, Shutdown};
-use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths, WatchHealth};
+use crate::actors::chat_server::{ChatServer, ChatSettings, Shutdown};
+use crate::actors::persistence::StatePaths;
 use crate::actors::session::SessionSettings;
 use crate::endpoint::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
@@ -25,14 +25,14 @@ use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
 use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, Sessions, Wire};
 use crate::server::logging;
-use crate::server::store::history_file::{
-    load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
-};
-use crate::server::store::identity_file::{IdentityFile, LoadError};
-use crate::server::store::rooms_file::RoomsFile;
+use crate::server::store::identity_file::LoadError;
 use crate::server::store::state_files;
 use crate::server::tls::{self, CertificatePaths, Certificates, TlsError};
 use crate::text;
+
+mod storage;
+
+use self::storage::Storage;
 
 /// Why the server could not start (or ended abnormally).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,12 @@ pub enum StartError {
     Stdin(io::Error),
     #[error("the server stopped abnormally: {0}")]
     System(io::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::server::cluster::ConnectError),
+    #[error("NATS at {url} did not answer within a minute")]
+    ClusterTimeout { url: String },
+    #[error("joining the cluster stopped before it was done")]
+    ClusterStopped,
 }
 
 /// Runs the server until it is shut down: start-up steps that can fail, then the
@@ -78,40 +84,12 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         source,
     })?;
 
-    let recovered = IdentityFile::open(&paths.users, &paths.journal)?;
-    if recovered.replayed > 0 {
-        log::info!(
-            "{} identity changes replayed from {}",
-            recovered.replayed,
-            paths.journal.display()
-        );
-    }
-    if recovered.dropped_torn_line {
-        log::warn!(
-            "{}: an incomplete last line (interrupted write) was dropped",
-            paths.journal.display()
-        );
-    }
-    for name in &recovered.key_clashes {
-        log::warn!("account {name} now compares equal to another account's name; kept apart");
-    }
-    let loaded = load_history(&paths.history, config.history)?;
-    if loaded.dropped_torn_line {
-        log::warn!(
-            "{}: an incomplete last line (interrupted write) was dropped",
-            paths.history.display()
-        );
-    }
-    // Ids a crashed run may have sent are skipped, never given again.
-    let reserved = load_reserved_ids(&paths.ids)?;
-    let next_id = loaded.last_id.max(reserved) + 1;
-    let reserved_through = (next_id - 1 + ID_BLOCK).min(MAX_MESSAGE_ID);
-    store_reserved_ids(&paths.ids, reserved_through).map_err(|source| StartError::IdFile {
-        path: paths.ids.clone(),
-        source,
-    })?;
-    let (rooms_file, rooms) = RoomsFile::open(&paths.rooms)?;
-    let ids = IdAllocator::new(next_id, reserved_through);
+    // The files are read before anything is bound (a corrupt one ends start-up);
+    // a cluster is joined once the address is known (the node is called by it).
+    let files = match config.nats {
+        None => Some(storage::open_files(&paths, &config)?),
+        Some(_) => None,
+    };
 
     let capacity = limits::connection_capacity();
     let max_conns = match (config.max_conns, capacity) {
@@ -175,6 +153,19 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         }
         None => None,
     };
+    let address = plain
+        .as_ref()
+        .or(secure.as_ref())
+        .map(|(_, address)| *address)
+        .ok_or(StartError::Config(ConfigError::TlsOnlyWithoutPort))?;
+    let system = System::new();
+    let storage = match (files, &config.nats) {
+        (Some(files), _) => Storage::Files(Box::new(files)),
+        (None, Some(url)) => {
+            Storage::Cluster(Box::new(storage::connect(&system, &config, url, address)?))
+        }
+        (None, None) => unreachable!("the files are read without --nats"),
+    };
     {
         let mut out = std::io::stdout().lock();
         let mut lines = Vec::new();
@@ -196,49 +187,15 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         }
         out.flush().map_err(StartError::Stdout)?;
     }
-    let address = plain
-        .as_ref()
-        .or(secure.as_ref())
-        .map(|(_, address)| *address)
-        .ok_or(StartError::Config(ConfigError::TlsOnlyWithoutPort))?;
     log::info!(
-        "state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections",
-        paths.dir.display(),
-        recovered.identities.users.len(),
+        "{}, at most {max_conns} connections",
+        storage.describe(&paths)
     );
 
-    let state = Recovered {
-        identities: recovered.identities,
-        rooms,
-        room_history: loaded.rooms,
-        direct_history: loaded.direct,
-    };
-    let identity_file = recovered.file;
-    let (history_len, index) = (loaded.len, loaded.index);
-    let config_for_chat = config.clone();
-    let system = System::new();
+    let settings = ChatSettings::from_config(&config, max_conns);
     let started: Result<(), StartError> = system.block_on(async move {
         let stop_accepting = CancellationToken::new();
-        let persistence = Persistence::start_in_arbiter(&Arbiter::new().handle(), {
-            let paths = paths.clone();
-            move |_| Persistence::new(paths, identity_file, rooms_file, history_len, index)
-        });
-        let server = ChatServer::start_in_arbiter(&Arbiter::new().handle(), {
-            let persistence = persistence.clone();
-            let stop_accepting = stop_accepting.clone();
-            move |_| {
-                // Built on its own arbiter: the store's replies arrive on that thread.
-                let store = FileStore::new(persistence, ids);
-                ChatServer::new(
-                    ChatSettings::from_config(&config_for_chat, max_conns),
-                    state,
-                    Box::new(store),
-                    stop_accepting,
-                    address,
-                )
-            }
-        });
-        persistence.do_send(WatchHealth(server.clone().recipient()));
+        let server = storage.start_chat_server(&paths, settings, stop_accepting.clone(), address);
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let sessions = Sessions {
@@ -287,13 +244,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             ));
         }
 
-        let console = AdminConsole::new(
-            server.clone(),
-            persistence,
-            paths.log.clone(),
-            certificates.clone(),
-        )
-        .start();
+        let console =
+            AdminConsole::new(server.clone(), paths.log.clone(), certificates.clone()).start();
         spawn_stdin_reader(console).map_err(StartError::Stdin)?;
         actix::spawn(shutdown_on_signals(server));
         if let Some(certificates) = certificates {

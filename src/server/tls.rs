@@ -101,7 +101,7 @@ pub fn ensure_own_certificate(paths: &CertificatePaths, host: &str) -> Result<bo
     Ok(true)
 }
 
-fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `len` bytes into our buffer.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

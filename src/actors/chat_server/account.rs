@@ -13,10 +13,12 @@ use futures_util::future::Either;
 
 use super::{ChatServer, Lifecycle};
 use crate::auth;
+use crate::names::name_key;
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::server::identity::IdentityChange;
 use crate::server::outbound::SessionId;
 use crate::server::rooms::RoomChange;
+use crate::server::store::{AccountDeletion, StoreError};
 use crate::server::unix_ms;
 
 /// Change the password of the connection's account: `old` must be right, `new` valid
@@ -114,26 +116,11 @@ impl ChatServer {
         })
     }
 
-    /// Tells every connection of `key` but `keep` that it was removed, and closes them.
+    /// Tells every connection of `key` but `keep` that it was removed, and closes them,
+    /// here and on the other nodes.
     fn kick_other_connections(&mut self, key: &str, keep: SessionId, why: &str) {
-        let Some(frame) = super::encode(&ServerMessage::Kicked {
-            message: why.to_string(),
-        }) else {
-            return;
-        };
-        let others: Vec<SessionId> = self
-            .connections
-            .of_user(key)
-            .map(|(id, _)| id)
-            .filter(|id| *id != keep)
-            .collect();
-        for id in others {
-            if let Some(peer) = self.connections.get_mut(id) {
-                peer.token_digest = None;
-                peer.handle.outbox.send(frame.clone());
-                peer.handle.outbox.close();
-            }
-        }
+        self.kick_local(key, why, Some(keep));
+        self.store.broadcast_kick(key, why, Some(keep));
     }
 }
 
@@ -142,6 +129,9 @@ impl Handler<ChangePassword> for ChatServer {
 
     fn handle(&mut self, msg: ChangePassword, _: &mut Self::Context) -> Self::Result {
         let id = msg.id;
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(()));
+        }
         let Some((key, ip, stored)) = self.own_account(id) else {
             return Box::pin(fut::ready(()));
         };
@@ -200,12 +190,16 @@ impl Handler<ChangePassword> for ChatServer {
                 })
                 .map(move |saved, act: &mut Self, _| {
                     if let Err(err) = saved {
-                        log::error!("a password change for {key} was not saved: {err}");
-                        act.send_error(
-                            id,
-                            ErrorCode::Internal,
-                            "the password could not be changed",
-                        );
+                        match err {
+                            StoreError::Conflict => act.send_error(
+                                id,
+                                ErrorCode::BadPassword,
+                                "the password changed meanwhile",
+                            ),
+                            err => {
+                                act.send_store_error(id, &err, "the password could not be changed")
+                            }
+                        }
                         return;
                     }
                     log::info!("session {id}: the password of {key} was changed");
@@ -229,6 +223,9 @@ impl Handler<DeleteAccount> for ChatServer {
 
     fn handle(&mut self, msg: DeleteAccount, _: &mut Self::Context) -> Self::Result {
         let id = msg.id;
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(()));
+        }
         let Some((key, ip, stored)) = self.own_account(id) else {
             return Box::pin(fut::ready(()));
         };
@@ -253,38 +250,42 @@ impl Handler<DeleteAccount> for ChatServer {
                 return Either::Left(fut::ready(()));
             };
             let rooms = act.rooms.rooms_of(&key);
-            let removal = IdentityChange::RemoveAccount { key: key.clone() };
-            act.identities.apply(&removal);
-            let identities_saved = act.store.record_identities(vec![removal], true);
-            let membership = RoomChange::RemoveUser { user: key.clone() };
-            act.rooms.apply(&membership);
-            let rooms_saved = act.store.record_rooms(vec![membership]);
-            act.direct_history.remove(&key);
+            let deletion = AccountDeletion {
+                key: key.clone(),
+                account: account.clone(),
+                tokens: act.identities.tokens_of(&key),
+                ips: act
+                    .identities
+                    .ips
+                    .iter()
+                    .filter(|(_, name)| name_key(name) == key)
+                    .map(|(ip, _)| *ip)
+                    .collect(),
+                rooms: rooms.clone(),
+            };
+            act.identities
+                .apply(&IdentityChange::RemoveAccount { key: key.clone() });
+            act.rooms
+                .apply(&RoomChange::RemoveUser { user: key.clone() });
+            let direct = act.direct_history.remove(&key);
+            let deleting = act.store.delete_account(deletion);
             Either::Right(
-                fut::wrap_future(async move {
-                    let identities = match identities_saved {
-                        Some(saved) => saved.await,
-                        None => Ok(()),
-                    };
-                    identities.and(rooms_saved.await)
-                })
-                .map(move |saved, act: &mut Self, _| {
+                fut::wrap_future(deleting).map(move |saved, act: &mut Self, _| {
                     if let Err(err) = saved {
-                        log::error!("deleting {key} was not saved: {err}");
-                        // Undone, so that what the user is told holds.
-                        act.note_identities(vec![IdentityChange::AddAccount { account }]);
-                        let rejoin: Vec<RoomChange> = rooms
-                            .into_iter()
-                            .map(|room| RoomChange::Join {
+                        // Undone here too (the store undid what it wrote), so that
+                        // what the user is told holds.
+                        act.identities
+                            .apply(&IdentityChange::AddAccount { account });
+                        for room in rooms {
+                            act.rooms.apply(&RoomChange::Join {
                                 room,
                                 user: key.clone(),
-                            })
-                            .collect();
-                        for change in &rejoin {
-                            act.rooms.apply(change);
+                            });
                         }
-                        drop(act.store.record_rooms(rejoin));
-                        act.send_error(id, ErrorCode::Internal, "the account could not be deleted");
+                        if let Some(direct) = direct {
+                            act.direct_history.insert(key.clone(), direct);
+                        }
+                        act.send_store_error(id, &err, "the account could not be deleted");
                         return;
                     }
                     log::info!("session {id}: account {key} deleted by its user");

@@ -19,8 +19,22 @@ use crate::protocol::{AuthErrorCode, ErrorCode, ServerMessage, LOBBY};
 use crate::server::identity::{Account, IdentityChange};
 use crate::server::logging::Noise;
 use crate::server::outbound::{SessionId, Skip};
-use crate::server::store::StoreError;
+use crate::server::store::{Answer, Spent, StoreError};
 use crate::server::unix_ms;
+
+/// A token issued to a connection, waiting to be sent in its `auth_ok`.
+struct Issued {
+    key: String,
+    name: String,
+    new_user: bool,
+    token: String,
+    digest: String,
+}
+
+/// An answer known now, as the actor future a handler returns.
+fn ready<T: 'static>(value: T) -> ResponseActFuture<ChatServer, T> {
+    Box::pin(fut::ready(value))
+}
 
 /// What a client offers to authenticate.
 #[derive(Debug)]
@@ -98,36 +112,85 @@ impl ChatServer {
         if self.connections.get(id).is_none() || self.lifecycle != Lifecycle::Serving {
             return Box::pin(fut::ready(AuthOutcome::Refused));
         }
+        if !self.store.is_available() {
+            return ready(self.refuse(id, ip, AuthErrorCode::Unavailable));
+        }
         match credentials {
-            Credentials::Resume { token } => Box::pin(fut::ready(self.resume(id, ip, &token))),
+            Credentials::Resume { token } => self.resume(id, ip, &token),
             Credentials::Login { name, password } => self.login(id, ip, name, password),
             Credentials::Register { name, password } => self.register(id, ip, name, password),
         }
     }
 
     /// A valid token always logs in: checking one is cheap, so the guess limiter is
-    /// asked only about tokens that fail.
-    fn resume(&mut self, id: SessionId, ip: IpAddr, token: &str) -> AuthOutcome {
+    /// asked only about tokens that fail. The store spends the token (once for all,
+    /// where several nodes could race for it).
+    fn resume(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        token: &str,
+    ) -> ResponseActFuture<Self, AuthOutcome> {
         if let Some(ban) = self.identities.ban_of_token(token) {
             let message = ban_sentence(&ban.reason);
-            return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+            return ready(self.refuse_with(id, ip, AuthErrorCode::Banned, message));
         }
-        if let Some((key, account, digest)) = self.identities.check_token(token, unix_ms()) {
-            let (key, name) = (key.to_string(), account.name.clone());
-            if let Some(ban) = self.identities.ban_of(&key) {
-                let message = ban_sentence(&ban.reason);
-                return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+        let digest = auth::token_digest(token);
+        let known = self
+            .identities
+            .check_token(token, unix_ms())
+            .map(|(key, _, _)| key.to_string());
+        if let Some(ban) = known.as_deref().and_then(|key| self.identities.ban_of(key)) {
+            let message = ban_sentence(&ban.reason);
+            return ready(self.refuse_with(id, ip, AuthErrorCode::Banned, message));
+        }
+        match self.store.spend_token(&digest, known.as_deref()) {
+            Answer::Now(spent) => self.resumed(id, ip, digest, Ok(spent)),
+            Answer::Later(spending) => Box::pin(
+                fut::wrap_future(spending)
+                    .then(move |spent, act: &mut Self, _| act.resumed(id, ip, digest, spent)),
+            ),
+        }
+    }
+
+    /// A `resume` once the store has spent the token (or found none).
+    fn resumed(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        digest: String,
+        spent: Result<Option<Spent>, StoreError>,
+    ) -> ResponseActFuture<Self, AuthOutcome> {
+        let spent = match spent {
+            Ok(spent) => spent,
+            Err(err) => return ready(self.refuse_for_store(id, ip, &err)),
+        };
+        if let Some(Spent { user, account }) = spent {
+            if let Some(account) = account {
+                self.identities
+                    .apply(&IdentityChange::AddAccount { account });
             }
             // Spent by this use.
-            self.note_identities(vec![IdentityChange::RevokeToken { digest }]);
-            return self.complete_login(id, &key, &name, false);
+            self.identities
+                .apply(&IdentityChange::RevokeToken { digest });
+            if let Some(ban) = self.identities.ban_of(&user) {
+                let message = ban_sentence(&ban.reason);
+                return ready(self.refuse_with(id, ip, AuthErrorCode::Banned, message));
+            }
+            if let Some(name) = self
+                .identities
+                .account_by_key(&user)
+                .map(|a| a.name.clone())
+            {
+                return self.complete_login(id, &user, &name, false);
+            }
         }
         let now = Instant::now();
         if self.limits.guesses_by_ip.exceeded(&ip, now) {
-            return self.refuse(id, ip, AuthErrorCode::RateLimited);
+            return ready(self.refuse(id, ip, AuthErrorCode::RateLimited));
         }
         self.limits.guesses_by_ip.record(&ip, now);
-        self.refuse(id, ip, AuthErrorCode::InvalidToken)
+        ready(self.refuse(id, ip, AuthErrorCode::InvalidToken))
     }
 
     fn login(
@@ -143,10 +206,58 @@ impl ChatServer {
         }
         // The code already says the name is unknown, so there is nothing to hide by
         // hashing, and nothing to count: it is not a guess at a password.
-        let Some((key, account)) = self.identities.find(&name) else {
-            return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::UnknownUser)));
+        let Some(key) = self.identities.find(&name).map(|(key, _)| key.clone()) else {
+            // Registered on another node a moment ago? (A single server's view has
+            // every account.)
+            return match self.store.lookup_account(&name_key(&name)) {
+                Answer::Now(found) => self.login_found(id, ip, password, Ok(found)),
+                Answer::Later(lookup) => Box::pin(fut::wrap_future(lookup).then(
+                    move |found, act: &mut Self, _| act.login_found(id, ip, password, found),
+                )),
+            };
         };
-        let (key, stored) = (key.clone(), account.password_hash.clone());
+        self.login_account(id, ip, key, password)
+    }
+
+    /// A login whose account the view lacked, once the store has looked for it.
+    fn login_found(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        password: String,
+        found: Result<Option<Account>, StoreError>,
+    ) -> ResponseActFuture<Self, AuthOutcome> {
+        match found {
+            Ok(Some(account)) => {
+                let key = name_key(&account.name);
+                if self.identities.account_by_key(&key).is_none() {
+                    self.identities
+                        .apply(&IdentityChange::AddAccount { account });
+                }
+                self.login_account(id, ip, key, password)
+            }
+            Ok(None) => ready(self.refuse(id, ip, AuthErrorCode::UnknownUser)),
+            Err(err) => ready(self.refuse_for_store(id, ip, &err)),
+        }
+    }
+
+    /// A login of the account `key` (in the view): the password is checked on the
+    /// hashing pool.
+    fn login_account(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        key: String,
+        password: String,
+    ) -> ResponseActFuture<Self, AuthOutcome> {
+        let now = Instant::now();
+        let Some(stored) = self
+            .identities
+            .account_by_key(&key)
+            .map(|a| a.password_hash.clone())
+        else {
+            return ready(self.refuse(id, ip, AuthErrorCode::UnknownUser));
+        };
         // Banned whatever the password: nothing to check, nothing to count.
         if let Some(ban) = self.identities.ban_of(&key) {
             let message = ban_sentence(&ban.reason);
@@ -173,17 +284,17 @@ impl ChatServer {
             .hashing
             .run(ip, move || auth::verify_password(&password, &hash));
         Box::pin(
-            fut::wrap_future(check).map(move |verdict, act: &mut Self, _| {
+            fut::wrap_future(check).then(move |verdict, act: &mut Self, _| {
                 act.limits.guesses_by_ip.end(&ip);
                 act.limits.guesses_by_account.end(&key);
                 // The account may have changed while the hash computed (clear-ids).
                 let current = act.identities.account_by_key(&key).cloned();
                 match (verdict, current) {
-                    (_, None) => act.refuse(id, ip, AuthErrorCode::UnknownUser),
+                    (_, None) => ready(act.refuse(id, ip, AuthErrorCode::UnknownUser)),
                     (Some(Ok(true)), Some(account)) if account.password_hash == stored => {
                         if let Some(ban) = act.identities.ban_of(&key) {
                             let message = ban_sentence(&ban.reason);
-                            return act.refuse_with(id, ip, AuthErrorCode::Banned, message);
+                            return ready(act.refuse_with(id, ip, AuthErrorCode::Banned, message));
                         }
                         act.complete_login(id, &key, &account.name, false)
                     }
@@ -191,7 +302,7 @@ impl ChatServer {
                         let now = Instant::now();
                         act.limits.guesses_by_ip.record(&ip, now);
                         act.limits.guesses_by_account.record(&key, now);
-                        act.refuse(id, ip, AuthErrorCode::BadPassword)
+                        ready(act.refuse(id, ip, AuthErrorCode::BadPassword))
                     }
                     (verdict, Some(account)) => {
                         let reason = match verdict {
@@ -200,7 +311,7 @@ impl ChatServer {
                         };
                         log::error!("password check for {} failed: {reason}", account.name);
                         act.send_error(id, ErrorCode::Internal, "could not check the password");
-                        AuthOutcome::Refused
+                        ready(AuthOutcome::Refused)
                     }
                 }
             }),
@@ -253,11 +364,7 @@ impl ChatServer {
         Box::pin(
             fut::wrap_future(hashing)
                 .then(move |hashed, act: &mut Self, _| {
-                    for key in &pending {
-                        act.pending_names.remove(key);
-                    }
-                    act.limits.registrations.end(&ip);
-                    let saved = match hashed {
+                    let created = match hashed {
                         Some(Ok(password_hash)) => {
                             let account = Account {
                                 name: name.clone(),
@@ -266,18 +373,41 @@ impl ChatServer {
                                 // Direct messages from here on are this account's.
                                 since_id: act.store.last_id() + 1,
                             };
-                            Either::Left(act.save_account(account))
+                            // The name stays pending until the store has decided: no
+                            // other registration of it starts meanwhile.
+                            let creating = act.store.create_account(account.clone());
+                            Either::Left(fut::wrap_future(async move {
+                                match creating.await {
+                                    Ok(true) => Ok(Some(account)),
+                                    Ok(false) => Ok(None),
+                                    Err(err) => Err(RegisterError::NotSaved(err)),
+                                }
+                            }))
                         }
                         Some(Err(err)) => Either::Right(fut::ready(Err(err.into()))),
                         None => Either::Right(fut::ready(Err(RegisterError::NotHashed))),
                     };
-                    saved.map(move |saved, _: &mut Self, _| (name, saved))
+                    created.map(move |created, act: &mut Self, _| {
+                        for key in &pending {
+                            act.pending_names.remove(key);
+                        }
+                        act.limits.registrations.end(&ip);
+                        (name, created)
+                    })
                 })
-                .map(move |(name, saved), act: &mut Self, _| match saved {
-                    Ok(key) => {
+                .then(move |(name, created), act: &mut Self, _| match created {
+                    Ok(Some(account)) => {
+                        let key = name_key(&account.name);
+                        act.identities
+                            .apply(&IdentityChange::AddAccount { account });
                         act.limits.registrations.record(&ip, Instant::now());
                         log::info!("registered account {name} from {ip}");
                         act.complete_login(id, &key, &name, true)
+                    }
+                    // Taken on another node meanwhile.
+                    Ok(None) => ready(act.refuse(id, ip, AuthErrorCode::NameTaken)),
+                    Err(RegisterError::NotSaved(err @ StoreError::Unavailable(_))) => {
+                        ready(act.refuse_for_store(id, ip, &err))
                     }
                     Err(err) => {
                         log::error!("registration of {name} failed: {err}");
@@ -286,47 +416,24 @@ impl ChatServer {
                             ErrorCode::Internal,
                             "the account could not be saved; try again later",
                         );
-                        AuthOutcome::Refused
+                        ready(AuthOutcome::Refused)
                     }
                 }),
         )
     }
 
-    /// Adds `account` and waits until the store has it safe; undone (so that it can be
-    /// retried) if it could not be saved. Ends with the account's key.
-    fn save_account(
-        &mut self,
-        account: Account,
-    ) -> impl ActorFuture<Self, Output = Result<String, RegisterError>> {
-        let key = name_key(&account.name);
-        let change = IdentityChange::AddAccount { account };
-        self.identities.apply(&change);
-        let saved = self.store.record_identities(vec![change], true);
-        fut::wrap_future(async move {
-            match saved {
-                Some(saved) => saved.await,
-                None => Ok(()),
-            }
-        })
-        .map(move |saved, act: &mut Self, _| match saved {
-            Ok(()) => Ok(key),
-            Err(err) => {
-                act.note_identities(vec![IdentityChange::RemoveAccount { key }]);
-                Err(RegisterError::NotSaved(err))
-            }
-        })
-    }
-
-    /// Finishes a successful authentication: token, `auth_ok`, history, ring, `joined`.
+    /// Finishes a successful authentication: a token (on its way to the store; a store
+    /// shared between nodes has it before the `auth_ok` goes out), then `auth_ok`,
+    /// history, rings and `joined`.
     pub(super) fn complete_login(
         &mut self,
         id: SessionId,
         key: &str,
         name: &str,
         new_user: bool,
-    ) -> AuthOutcome {
+    ) -> ResponseActFuture<Self, AuthOutcome> {
         let Some(ip) = self.connections.get(id).map(|p| p.ip) else {
-            return AuthOutcome::Refused;
+            return ready(AuthOutcome::Refused);
         };
         let ttl_ms = self.settings.token_ttl.as_millis() as u64;
         let (token, digest, mut changes) = self.identities.new_token_for(key, unix_ms(), ttl_ms);
@@ -336,10 +443,47 @@ impl ChatServer {
                 name: name.to_string(),
             });
         }
-        self.note_identities(changes);
-
-        let auth_ok = ServerMessage::AuthOk {
+        for change in &changes {
+            self.identities.apply(change);
+        }
+        let issued = Issued {
+            key: key.to_string(),
             name: name.to_string(),
+            new_user,
+            token,
+            digest,
+        };
+        match self.store.record_identities(changes, false) {
+            None => ready(self.finish_login(id, issued)),
+            Some(saving) => Box::pin(fut::wrap_future(saving).map(
+                move |saved, act: &mut Self, _| match saved {
+                    Ok(()) => act.finish_login(id, issued),
+                    Err(err) => {
+                        act.identities.apply(&IdentityChange::RevokeToken {
+                            digest: issued.digest,
+                        });
+                        act.refuse_for_store(id, ip, &err)
+                    }
+                },
+            )),
+        }
+    }
+
+    /// `auth_ok`, history, rings and `joined`, once the token is issued.
+    fn finish_login(&mut self, id: SessionId, issued: Issued) -> AuthOutcome {
+        let Issued {
+            key,
+            name,
+            new_user,
+            token,
+            digest,
+        } = issued;
+        let key = key.as_str();
+        let Some(ip) = self.connections.get(id).map(|p| p.ip) else {
+            return AuthOutcome::Refused;
+        };
+        let auth_ok = ServerMessage::AuthOk {
+            name: name.clone(),
             token,
             new_user,
         };
@@ -374,17 +518,36 @@ impl ChatServer {
             self.subscribe_to_room(id, room, key);
         }
 
-        if self.presence.arrive(key, name) {
+        // The first connection here, and (as far as the store knows) anywhere.
+        let first_here = self.presence.arrive(key, &name);
+        let first_anywhere = self.store.user_connected(key, &name);
+        if first_here && first_anywhere {
             self.broadcast_event(
-                &ServerMessage::Joined {
-                    name: name.to_string(),
-                },
+                &ServerMessage::Joined { name: name.clone() },
                 Some(Skip::Session(id)),
             );
         }
-        AuthOutcome::Authenticated {
-            name: name.to_string(),
+        AuthOutcome::Authenticated { name }
+    }
+
+    /// Refuses an authentication the store could not serve: `unavailable` when the
+    /// shared state cannot be reached, else `internal`.
+    pub(super) fn refuse_for_store(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        err: &StoreError,
+    ) -> AuthOutcome {
+        if let StoreError::Unavailable(_) = err {
+            return self.refuse(id, ip, AuthErrorCode::Unavailable);
         }
+        log::error!("session {id} from {ip}: authentication failed in the store: {err}");
+        self.send_error(
+            id,
+            ErrorCode::Internal,
+            "the server could not complete this; try again later",
+        );
+        AuthOutcome::Refused
     }
 
     /// A refused authentication: logged and answered. (Whether it counts against a
@@ -461,35 +624,57 @@ fn pending_keys(name: &str) -> Vec<String> {
     keys
 }
 
-/// Revoke the connection's token (durably); answered once done, then the session closes.
+/// Revoke the connection's token (durably); answered once done (`true`: the session
+/// closes; `false`: it was refused, and the connection stays).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Logout {
     pub id: SessionId,
 }
 
 impl Handler<Logout> for ChatServer {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, msg: Logout, _: &mut Self::Context) -> Self::Result {
+        let id = msg.id;
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(false));
+        }
         let digest = self
             .connections
-            .get_mut(msg.id)
+            .get_mut(id)
             .and_then(|p| p.token_digest.take());
         let Some(digest) = digest else {
-            return Box::pin(fut::ready(()));
+            return Box::pin(fut::ready(true));
         };
-        log::info!("session {} logged out", msg.id);
-        let change = IdentityChange::RevokeToken { digest };
+        log::info!("session {id} logged out");
+        let change = IdentityChange::RevokeToken {
+            digest: digest.clone(),
+        };
         self.identities.apply(&change);
         let saved = self.store.record_identities(vec![change], true);
-        Box::pin(fut::wrap_future(async move {
-            if let Some(Err(err)) = match saved {
-                Some(saved) => Some(saved.await),
-                None => None,
-            } {
-                log::error!("a logout's token revocation was not saved: {err}");
-            }
-        }))
+        Box::pin(
+            fut::wrap_future(async move {
+                match saved {
+                    Some(saved) => saved.await,
+                    None => Ok(()),
+                }
+            })
+            .map(move |saved, act: &mut Self, _| match saved {
+                Ok(()) => true,
+                Err(StoreError::Unavailable(_)) => {
+                    // Not revoked: the connection keeps its token, and says so.
+                    if let Some(peer) = act.connections.get_mut(id) {
+                        peer.token_digest = Some(digest);
+                    }
+                    act.send_unavailable(id);
+                    false
+                }
+                Err(err) => {
+                    log::error!("a logout's token revocation was not saved: {err}");
+                    true
+                }
+            }),
+        )
     }
 }

@@ -8,10 +8,10 @@ use actix::prelude::*;
 
 use super::ChatServer;
 use crate::names::{name_key, SERVER_NAME};
-use crate::protocol::{ServerMessage, LOBBY};
+use crate::protocol::LOBBY;
 use crate::server::identity::{Ban, IdentityChange};
 use crate::server::rooms::RoomChange;
-use crate::server::store::StoreError;
+use crate::server::store::{NodeSummary, StoreError};
 use crate::text::plural;
 
 /// Stop greeting new connections: they wait, ungreeted, until [`ResumeGreeting`].
@@ -62,6 +62,8 @@ pub struct StatusReport {
     pub uptime: Duration,
     /// The highest message id given so far.
     pub last_message_id: u64,
+    /// The nodes alive (cluster mode; none for a single server).
+    pub nodes: Vec<NodeSummary>,
 }
 
 /// Ask for a [`StatusReport`].
@@ -76,12 +78,13 @@ impl Handler<Status> for ChatServer {
         StatusReport {
             address: self.address,
             paused: self.paused,
-            users_online: self.presence.len(),
+            users_online: self.online_by_key().len(),
             connections: self.connections.len(),
             waiting: self.connections.waiting(),
             accounts: self.identities.users.len(),
             uptime: self.started_at.elapsed(),
             last_message_id: self.store.last_id(),
+            nodes: self.store.nodes(),
         }
     }
 }
@@ -95,7 +98,7 @@ impl Handler<ListUsers> for ChatServer {
     type Result = Vec<String>;
 
     fn handle(&mut self, _: ListUsers, _: &mut Self::Context) -> Vec<String> {
-        self.presence.names()
+        self.online_names()
     }
 }
 
@@ -108,22 +111,9 @@ impl Handler<ClearIdentities> for ChatServer {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
     fn handle(&mut self, _: ClearIdentities, _: &mut Self::Context) -> Self::Result {
-        for peer in self.connections.iter_mut() {
-            peer.token_digest = None;
-        }
         log::warn!("identities cleared by the admin");
-        self.identities.apply(&IdentityChange::Clear);
-        // Memberships go with the accounts (rooms and history stay), and so do their
-        // direct messages: a name registered again starts afresh.
-        self.rooms.apply(&RoomChange::ClearMembers);
+        self.forget_identities();
         drop(self.store.record_rooms(vec![RoomChange::ClearMembers]));
-        self.direct_history.clear();
-        let rings: Vec<_> = self.room_rings.values().map(|r| r.id()).collect();
-        for (_, peer) in self.connections.iter() {
-            for ring in &rings {
-                peer.handle.outbox.unsubscribe(*ring);
-            }
-        }
         let saved = self
             .store
             .record_identities(vec![IdentityChange::Clear], true);
@@ -136,37 +126,70 @@ impl Handler<ClearIdentities> for ChatServer {
     }
 }
 
-/// Close every connection of a user after telling them; answers how many.
+impl ChatServer {
+    /// Forgets every account, token, IP identification, ban and membership in the view
+    /// (`clear-ids`, here or on another node); users online stay connected.
+    pub(super) fn forget_identities(&mut self) {
+        for peer in self.connections.iter_mut() {
+            peer.token_digest = None;
+        }
+        self.identities.apply(&IdentityChange::Clear);
+        // Memberships go with the accounts (rooms and history stay), and so do their
+        // direct messages: a name registered again starts afresh.
+        self.rooms.apply(&RoomChange::ClearMembers);
+        self.direct_history.clear();
+        let rings: Vec<_> = self.room_rings.values().map(|r| r.id()).collect();
+        for (_, peer) in self.connections.iter() {
+            for ring in &rings {
+                peer.handle.outbox.unsubscribe(*ring);
+            }
+        }
+    }
+}
+
+/// Close every connection of a user after telling them; answers where.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Kicked")]
 pub struct Kick {
     pub name: String,
 }
 
-impl Handler<Kick> for ChatServer {
-    type Result = usize;
+/// Where a [`Kick`] closed connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct Kicked {
+    /// Connections closed on this server.
+    pub here: usize,
+    /// Whether the user was online on other nodes too (told to close theirs).
+    pub elsewhere: bool,
+}
 
-    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> usize {
+impl Handler<Kick> for ChatServer {
+    type Result = Kicked;
+
+    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> Kicked {
         let key = name_key(&msg.name);
-        let Some(frame) = super::encode(&ServerMessage::Kicked {
-            message: "you were removed by the server's admin".to_string(),
-        }) else {
-            return 0;
-        };
-        let mut kicked = 0;
-        for (_, peer) in self.connections.of_user(&key) {
-            peer.handle.outbox.send(frame.clone());
-            peer.handle.outbox.close();
-            kicked += 1;
+        let message = "you were removed by the server's admin";
+        let elsewhere = self.online_elsewhere(&key);
+        if elsewhere {
+            self.store.broadcast_kick(&key, message, None);
         }
-        if kicked > 0 {
+        let kicked = self.kick_local(&key, message, None);
+        if kicked > 0 || elsewhere {
             log::warn!(
-                "{} kicked by the admin ({})",
+                "{} kicked by the admin ({} here{})",
                 msg.name,
-                plural(kicked, "connection", "connections")
+                plural(kicked, "connection", "connections"),
+                if elsewhere {
+                    ", and on other nodes"
+                } else {
+                    ""
+                }
             );
         }
-        kicked
+        Kicked {
+            here: kicked,
+            elsewhere,
+        }
     }
 }
 
@@ -225,17 +248,8 @@ impl Handler<BanAccount> for ChatServer {
             self.identities.apply(change);
         }
         let saved = self.store.record_identities(changes, true);
-        let frame = super::encode(&ServerMessage::Kicked {
-            message: super::accounts::ban_sentence(&msg.reason),
-        });
-        let mut closed = 0;
-        for (_, peer) in self.connections.of_user(&key) {
-            if let Some(frame) = &frame {
-                peer.handle.outbox.send(frame.clone());
-            }
-            peer.handle.outbox.close();
-            closed += 1;
-        }
+        // The other nodes close theirs when they hear of the ban.
+        let closed = self.kick_local(&key, &super::accounts::ban_sentence(&msg.reason), None);
         log::warn!(
             "{} banned by the admin ({}): {}",
             name,
@@ -319,10 +333,11 @@ pub struct PostAsServer {
 }
 
 impl Handler<PostAsServer> for ChatServer {
-    type Result = Result<u64, StoreError>;
+    type Result = ResponseFuture<Result<u64, StoreError>>;
 
     fn handle(&mut self, msg: PostAsServer, _: &mut Self::Context) -> Self::Result {
         log::info!("the admin said something");
-        self.post_to_room(SERVER_NAME.to_string(), LOBBY, msg.text)
+        let posted = self.post_to_room(SERVER_NAME.to_string(), LOBBY, msg.text);
+        Box::pin(super::chat::posted_id(posted))
     }
 }

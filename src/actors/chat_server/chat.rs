@@ -18,7 +18,7 @@ use crate::server::logging::Noise;
 use crate::server::outbound::SessionId;
 use crate::server::store::history_index::Conversation;
 use crate::server::store::{
-    Delivery, Draft, PageRequest, StoreError, StoreHealth, Submitted, Target,
+    Answer, Delivery, Draft, PageRequest, StoreError, StoreHealth, Submitted, Target,
 };
 
 /// A chat message from an authenticated connection (its text already checked; at most
@@ -35,8 +35,8 @@ pub struct PostMessage {
 impl Handler<PostMessage> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: PostMessage, _: &mut Self::Context) {
-        if self.lifecycle != Lifecycle::Serving {
+    fn handle(&mut self, msg: PostMessage, ctx: &mut Self::Context) {
+        if self.lifecycle != Lifecycle::Serving || self.refuse_if_unavailable(msg.id) {
             return;
         }
         let Some(peer) = self.connections.get(msg.id) else {
@@ -92,14 +92,30 @@ impl Handler<PostMessage> for ChatServer {
             );
             return;
         }
-        if let Err(err) = self.post(name, msg.text, target) {
-            log::error!("a message from session {} was not recorded: {err}", msg.id);
-            self.send_error(
-                msg.id,
-                ErrorCode::Internal,
-                "the server cannot record messages right now; not sent, try again later",
-            );
+        let id = msg.id;
+        match self.post(name, msg.text, target) {
+            Ok(Answer::Now(_)) => {}
+            // Delivered when it comes back from the store; only a failure is answered
+            // here.
+            Ok(Answer::Later(storing)) => {
+                fut::wrap_future::<_, Self>(storing)
+                    .map(move |stored, act, _| {
+                        if let Err(err) = stored {
+                            act.message_not_recorded(id, &err);
+                        }
+                    })
+                    .spawn(ctx);
+            }
+            Err(err) => self.message_not_recorded(id, &err),
         }
+    }
+}
+
+/// The id of a posted message, once it is known.
+pub(super) async fn posted_id(posted: Result<Answer<u64>, StoreError>) -> Result<u64, StoreError> {
+    match posted? {
+        Answer::Now(id) => Ok(id),
+        Answer::Later(storing) => storing.await,
     }
 }
 
@@ -112,19 +128,55 @@ impl ChatServer {
         }
     }
 
+    /// A message the store did not take, answered to its sender.
+    fn message_not_recorded(&self, id: SessionId, err: &StoreError) {
+        match err {
+            StoreError::Unavailable(_) => {
+                self.send_error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the server cannot reach its shared state right now; not sent, try again later",
+                );
+                return;
+            }
+            StoreError::Unconfirmed(_) => {
+                self.send_error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the shared state did not confirm this message in time; it may still be \
+                     delivered (you will see it if it is)",
+                );
+                return;
+            }
+            _ => {}
+        }
+        log::error!("a message from session {id} was not recorded: {err}");
+        self.send_error(
+            id,
+            ErrorCode::Internal,
+            "the server cannot record messages right now; not sent, try again later",
+        );
+    }
+
     /// Records a message from `from` in the room `key` and delivers it.
     pub(super) fn post_to_room(
         &mut self,
         from: String,
         key: &str,
         text: String,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Answer<u64>, StoreError> {
         let target = self.room_target(key);
         self.post(from, text, target)
     }
 
-    /// Records a message and delivers it; its id, or why it was refused.
-    fn post(&mut self, from: String, text: String, target: Target) -> Result<u64, StoreError> {
+    /// Records a message and delivers it (now, or when it comes back from a store
+    /// shared between nodes): its id, or why it was refused.
+    fn post(
+        &mut self,
+        from: String,
+        text: String,
+        target: Target,
+    ) -> Result<Answer<u64>, StoreError> {
         match self.store.submit(Draft {
             from,
             text,
@@ -133,18 +185,25 @@ impl ChatServer {
             Submitted::Delivered(delivery) => {
                 let id = delivery.id;
                 self.deliver(delivery, &target);
-                Ok(id)
+                Ok(Answer::Now(id))
             }
+            Submitted::Pending(storing) => Ok(Answer::Later(storing)),
             Submitted::Refused(err) => Err(err),
         }
     }
 
     /// Delivers a recorded message to whoever it is for, and keeps it for the next
     /// logins.
-    fn deliver(&mut self, delivery: Delivery, target: &Target) {
+    pub(super) fn deliver(&mut self, delivery: Delivery, target: &Target) {
         let payload = payload_of(&delivery.frame);
         match target {
-            Target::Room { key, .. } => {
+            Target::Room { key, name } => {
+                if !self.room_history.contains_key(key) {
+                    let limit = self.settings.history;
+                    let heading = Heading::Room(name.clone());
+                    let history = History::new(heading, limit, Default::default());
+                    self.room_history.insert(key.clone(), history);
+                }
                 self.room_history(key).record(payload);
                 if key == LOBBY {
                     self.ring.publish(delivery.frame, None);
@@ -210,6 +269,9 @@ impl Handler<Page> for ChatServer {
         let Some(user) = self.user_of(id) else {
             return Box::pin(fut::ready(()));
         };
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(()));
+        }
         let limit = msg.limit.unwrap_or(DEFAULT_PAGE) as usize;
         let (conversation, floor, heading) = match (msg.room, msg.with) {
             (_, Some(with)) => {
@@ -255,14 +317,7 @@ impl Handler<Page> for ChatServer {
                         peer.handle.outbox.send(frame);
                     }
                 }
-                Err(err) => {
-                    log::error!("a page of history could not be read: {err}");
-                    act.send_error(
-                        id,
-                        ErrorCode::Internal,
-                        "history could not be read right now",
-                    );
-                }
+                Err(err) => act.send_store_error(id, &err, "history could not be read right now"),
             }),
         )
     }

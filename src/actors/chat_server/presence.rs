@@ -120,6 +120,20 @@ impl Presence {
             .retain(|_, at| now.saturating_duration_since(*at) < FLAP_WINDOW);
     }
 
+    /// The user `key` came or went on another node while their departure from here
+    /// was held: the held `left` is called off (the other node's news is what the
+    /// others are told, or not told). Whether one was held.
+    pub fn settle_elsewhere(&mut self, key: &str) -> bool {
+        self.leaving.remove(key).is_some()
+    }
+
+    /// The online users: (name key, name as registered), in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.online
+            .iter()
+            .map(|(key, user)| (key.as_str(), user.name.as_str()))
+    }
+
     /// The online users' names, sorted by key.
     pub fn names(&self) -> Vec<String> {
         let mut users: Vec<(&String, &OnlineUser)> = self.online.iter().collect();
@@ -191,6 +205,24 @@ mod tests {
         assert_eq!(
             presence.depart("bob", much_later),
             Departure::Left("Bob".into())
+        );
+    }
+
+    #[test]
+    fn news_from_elsewhere_settles_a_held_departure() {
+        let mut presence = Presence::default();
+        let t0 = Instant::now();
+        presence.arrive("cy", "Cy");
+        presence.depart("cy", t0);
+        presence.arrive("cy", "Cy");
+        let Departure::Held(held) = presence.depart("cy", t0 + Duration::from_secs(1)) else {
+            panic!("not held");
+        };
+        assert!(presence.settle_elsewhere("cy"));
+        assert!(!presence.settle_elsewhere("cy"), "once");
+        assert_eq!(
+            presence.departure_due(&held, t0 + Duration::from_secs(3)),
+            None
         );
     }
 

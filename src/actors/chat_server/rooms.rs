@@ -13,7 +13,7 @@ use crate::names::{self, name_key};
 use crate::protocol::{ErrorCode, RoomInfo, ServerMessage, LOBBY};
 use crate::server::outbound::{Broadcaster, SessionId, Skip, ROOM_RING_CAPACITY};
 use crate::server::rooms::{Membership, RoomChange};
-use crate::server::store::StoreError;
+use crate::server::store::{Joined, RoomJoin, StoreError};
 
 /// Why a room request cannot be answered; the `error` frame it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,52 @@ impl RoomRefusal {
     }
 }
 
+/// Joins and parts of one user in one room that the store is still carrying out. A
+/// store shared between nodes may tell of the change (as an event) before it answers
+/// the request: the event then only updates the view, and the answer announces it.
+#[derive(Debug, Default)]
+pub struct RoomOp {
+    /// Requests in flight.
+    in_flight: usize,
+    /// Whether an event applied the change meanwhile.
+    applied: bool,
+}
+
 impl ChatServer {
+    /// A join or part of `user` in `room` goes to the store.
+    fn room_op_started(&mut self, room: &str, user: &str) {
+        self.room_ops
+            .entry((room.to_string(), user.to_string()))
+            .or_default()
+            .in_flight += 1;
+    }
+
+    /// One came back: whether an event applied a change meanwhile (told once).
+    fn room_op_finished(&mut self, room: &str, user: &str) -> bool {
+        let key = (room.to_string(), user.to_string());
+        let Some(op) = self.room_ops.get_mut(&key) else {
+            return false;
+        };
+        op.in_flight -= 1;
+        let applied = std::mem::take(&mut op.applied);
+        if op.in_flight == 0 {
+            self.room_ops.remove(&key);
+        }
+        applied
+    }
+
+    /// An event changes the membership of `user` in `room`: whether a request of this
+    /// node is in flight for it (the event then only updates the view).
+    pub(super) fn room_op_pending(&mut self, room: &str, user: &str) -> bool {
+        match self.room_ops.get_mut(&(room.to_string(), user.to_string())) {
+            Some(op) => {
+                op.applied = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The user (name key) a connection is authenticated as.
     pub(super) fn user_of(&self, id: SessionId) -> Option<String> {
         self.connections.get(id).and_then(|p| p.user.clone())
@@ -113,21 +158,38 @@ impl ChatServer {
             .collect()
     }
 
-    /// The names of a room's members online now, sorted by key.
+    /// The names of a room's members online now (here or on another node), sorted by
+    /// key.
     fn members_online(&self, key: &str) -> Vec<String> {
         if key == LOBBY {
-            return self.presence.names();
+            return self.online_names();
         }
+        let elsewhere = self.store.online_elsewhere();
+        if elsewhere.is_empty() {
+            return self
+                .rooms
+                .members(key)
+                .filter_map(|user| self.presence.name_of(user).map(str::to_string))
+                .collect();
+        }
+        let online = self.online_by_key();
         self.rooms
             .members(key)
-            .filter_map(|user| self.presence.name_of(user).map(str::to_string))
+            .filter_map(|user| online.get(user).cloned())
             .collect()
     }
 
     /// Answers a `join` once the membership is on disk: the `room` frame to every
-    /// connection of the user, the room's history to the one that asked, the room's
-    /// ring to all of them, and `member_joined` to the other members.
-    fn answer_join(&mut self, id: SessionId, key: &str, user: &str, newly: bool) {
+    /// connection of the user, the room's history to the one that asked (if it is
+    /// here: a join made on another node has none), the room's ring to all of them,
+    /// and `member_joined` to the other members.
+    pub(super) fn answer_join(
+        &mut self,
+        id: Option<SessionId>,
+        key: &str,
+        user: &str,
+        newly: bool,
+    ) {
         let name = self.rooms.name_of(key).unwrap_or(key).to_string();
         let frame = super::encode(&ServerMessage::Room {
             room: name.clone(),
@@ -153,7 +215,7 @@ impl ChatServer {
             if let Some(frame) = &frame {
                 peer.handle.outbox.send(frame.clone());
             }
-            if session == id {
+            if Some(session) == id {
                 peer.handle.outbox.send(history.clone());
             }
             // Same step as the history snapshot: nothing falls between them.
@@ -165,7 +227,7 @@ impl ChatServer {
 
     /// Answers a `part` once it is on disk: `parted` to every connection of the user,
     /// which leave the room's ring, and `member_left` to the other members.
-    fn answer_part(&mut self, key: &str, user: &str) {
+    pub(super) fn answer_part(&mut self, key: &str, user: &str) {
         let name = self.rooms.name_of(key).unwrap_or(key).to_string();
         let parted = super::encode(&ServerMessage::Parted { room: name.clone() });
         let ring = self.room_rings.get(key).map(Broadcaster::id);
@@ -210,53 +272,51 @@ impl Handler<JoinRoom> for ChatServer {
         let Some(user) = self.user_of(id) else {
             return Box::pin(fut::ready(()));
         };
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(()));
+        }
         if names::check_name(&msg.room).is_err() {
             self.refuse_room(id, &RoomRefusal::BadName);
             return Box::pin(fut::ready(()));
         }
         let key = name_key(&msg.room);
-        let mut changes = Vec::new();
-        if key != LOBBY {
-            if self.rooms.find(&key).is_none() {
-                changes.push(RoomChange::Create {
-                    name: msg.room.clone(),
-                    created_ms: crate::server::unix_ms(),
-                });
-            }
-            if self.rooms.membership(&key, &user) != Membership::Member {
-                changes.push(RoomChange::Join {
-                    room: key.clone(),
-                    user: user.clone(),
-                });
-            }
-        }
-        if changes.is_empty() {
-            self.answer_join(id, &key, &user, false);
+        if key == LOBBY || self.rooms.membership(&key, &user) == Membership::Member {
+            self.answer_join(Some(id), &key, &user, false);
             return Box::pin(fut::ready(()));
         }
-        for change in &changes {
-            self.rooms.apply(change);
-        }
-        let saved = self.store.record_rooms(changes);
-        Box::pin(fut::wrap_future(saved).map(
-            move |saved: Result<(), StoreError>, act: &mut Self, _| match saved {
-                Ok(()) => {
+        let Some(user_name) = self
+            .identities
+            .account_by_key(&user)
+            .map(|a| a.name.clone())
+        else {
+            return Box::pin(fut::ready(()));
+        };
+        self.room_op_started(&key, &user);
+        let joining = self.store.join_room(RoomJoin {
+            name: msg.room,
+            key: key.clone(),
+            user: user.clone(),
+            user_name,
+            create: self.rooms.find(&key).is_none(),
+        });
+        Box::pin(fut::wrap_future(joining).map(
+            move |joined: Result<Joined, StoreError>, act: &mut Self, _| match joined {
+                Ok(joined) => {
+                    // Joined meanwhile on another connection: announced once. (A
+                    // member by this join's own event is not one "meanwhile".)
+                    let by_event = act.room_op_finished(&key, &user);
+                    let was_member =
+                        act.rooms.membership(&key, &user) == Membership::Member && !by_event;
+                    for change in &joined.changes {
+                        act.rooms.apply(change);
+                    }
                     log::info!("{user} joined room {key}");
-                    act.answer_join(id, &key, &user, true);
+                    act.answer_join(Some(id), &key, &user, joined.newly && !was_member);
                 }
                 Err(err) => {
-                    log::error!("{user} joining room {key} was not saved: {err}");
-                    let undo = RoomChange::Part {
-                        room: key.clone(),
-                        user: user.clone(),
-                    };
-                    act.rooms.apply(&undo);
-                    drop(act.store.record_rooms(vec![undo]));
-                    act.send_error(
-                        id,
-                        ErrorCode::Internal,
-                        "the room could not be joined; try again later",
-                    );
+                    act.room_op_finished(&key, &user);
+                    log::warn!("{user} joining room {key} failed: {err}");
+                    act.send_store_error(id, &err, "the room could not be joined");
                 }
             },
         ))
@@ -279,6 +339,9 @@ impl Handler<PartRoom> for ChatServer {
         let Some(user) = self.user_of(id) else {
             return Box::pin(fut::ready(()));
         };
+        if self.refuse_if_unavailable(id) {
+            return Box::pin(fut::ready(()));
+        }
         let refusal = if name_key(&msg.room) == LOBBY {
             Err(RoomRefusal::Lobby)
         } else {
@@ -291,21 +354,39 @@ impl Handler<PartRoom> for ChatServer {
                 return Box::pin(fut::ready(()));
             }
         };
-        let change = RoomChange::Part {
-            room: key.clone(),
-            user: user.clone(),
-        };
-        self.rooms.apply(&change);
-        let saved = self.store.record_rooms(vec![change]);
-        Box::pin(fut::wrap_future(saved).map(
-            move |saved: Result<(), StoreError>, act: &mut Self, _| {
-                if let Err(err) = &saved {
-                    // Not on disk yet: the next room change writes it. The user asked to
-                    // leave, and leaves.
-                    log::error!("{user} leaving room {key} was not saved yet: {err}");
+        self.room_op_started(&key, &user);
+        let parting = self.store.part_room(&key, &user);
+        Box::pin(fut::wrap_future(parting).map(
+            move |parted: Result<bool, StoreError>, act: &mut Self, _| {
+                let by_event = act.room_op_finished(&key, &user);
+                match parted {
+                    Err(err @ StoreError::Unavailable(_)) => {
+                        act.send_store_error(id, &err, "the room could not be left");
+                        return;
+                    }
+                    // Not on disk yet: the next room change writes it. The user asked
+                    // to leave, and leaves.
+                    Err(err) => log::error!("{user} leaving room {key} was not saved yet: {err}"),
+                    Ok(_) => {}
                 }
+                // Parted meanwhile on another connection: answered, announced once.
+                // (Not a member by this part's own event is no such case.)
+                let was_member =
+                    act.rooms.membership(&key, &user) == Membership::Member || by_event;
+                act.rooms.apply(&RoomChange::Part {
+                    room: key.clone(),
+                    user: user.clone(),
+                });
                 log::info!("{user} left room {key}");
-                act.answer_part(&key, &user);
+                if was_member {
+                    act.answer_part(&key, &user);
+                } else if let Some(frame) = super::encode(&ServerMessage::Parted {
+                    room: act.rooms.name_of(&key).unwrap_or(&key).to_string(),
+                }) {
+                    if let Some(peer) = act.connections.get(id) {
+                        peer.handle.outbox.send(frame);
+                    }
+                }
             },
         ))
     }
@@ -325,6 +406,9 @@ impl Handler<ListRooms> for ChatServer {
         let Some(user) = self.user_of(msg.id) else {
             return;
         };
+        if self.refuse_if_unavailable(msg.id) {
+            return;
+        }
         let mut rooms = vec![(
             LOBBY.to_string(),
             RoomInfo {
@@ -362,7 +446,7 @@ impl Handler<Who> for ChatServer {
 
     fn handle(&mut self, msg: Who, _: &mut Self::Context) {
         let Some(room) = msg.room else {
-            let users = self.presence.names();
+            let users = self.online_names();
             self.send_to(msg.id, &ServerMessage::Who { room: None, users });
             return;
         };
@@ -404,15 +488,16 @@ pub enum AnnounceError {
 }
 
 impl Handler<PostInRoom> for ChatServer {
-    type Result = Result<u64, AnnounceError>;
+    type Result = ResponseFuture<Result<u64, AnnounceError>>;
 
     fn handle(&mut self, msg: PostInRoom, _: &mut Self::Context) -> Self::Result {
-        let key = self
-            .rooms
-            .find(&msg.room)
-            .ok_or_else(|| AnnounceError::UnknownRoom(crate::text::quote(&msg.room)))?;
+        let Some(key) = self.rooms.find(&msg.room) else {
+            let err = AnnounceError::UnknownRoom(crate::text::quote(&msg.room));
+            return Box::pin(async move { Err(err) });
+        };
         log::info!("the admin said something in room {key}");
-        Ok(self.post_to_room(names::SERVER_NAME.to_string(), &key, msg.text)?)
+        let posted = self.post_to_room(names::SERVER_NAME.to_string(), &key, msg.text);
+        Box::pin(async move { Ok(super::chat::posted_id(posted).await?) })
     }
 }
 

@@ -4,6 +4,11 @@
 //! no disk access ever runs on the chat thread. It owns the message ids: they are given
 //! only within the reservation in `ids.json` ([`IdAllocator`]), and the next block is
 //! reserved half a block ahead, so chat never waits for the disk.
+//!
+//! One server owns its state folder, so nothing races it: every decision
+//! (a name free, a token live, a room to create) is the one `ChatServer`'s view
+//! already made, and this store only writes it down. It has no other nodes to hear
+//! from or tell.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,11 +21,13 @@ use super::{
 };
 use crate::codec::payload_of;
 use crate::protocol::ChatMessage;
-use crate::server::identity::IdentityChange;
+use crate::server::identity::{Account, IdentityChange};
+use crate::server::outbound::SessionId;
 use crate::server::rooms::RoomChange;
 use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
 use crate::server::store::{
-    Delivery, Draft, PageRequest, Store, StoreError, StoreFuture, Submitted, Target,
+    AccountDeletion, Answer, Delivery, Draft, Joined, NodeSummary, PageRequest, RoomJoin, Spent,
+    Store, StoreError, StoreEvents, StoreFuture, Submitted, Target,
 };
 use bytes::Bytes;
 
@@ -185,6 +192,126 @@ impl Store for FileStore {
         Some(Box::pin(async move { store_error(sent.await) }))
     }
 
+    fn create_account(&mut self, account: Account) -> StoreFuture<bool> {
+        let key = crate::names::name_key(&account.name);
+        let sent = self.persistence.send(RecordIdentities {
+            changes: vec![IdentityChange::AddAccount { account }],
+            durable: true,
+        });
+        let persistence = self.persistence.clone();
+        Box::pin(async move {
+            let saved = store_error(sent.await);
+            if saved.is_err() {
+                // Undone, so that the name can be tried again.
+                persistence.do_send(RecordIdentities {
+                    changes: vec![IdentityChange::RemoveAccount { key }],
+                    durable: false,
+                });
+            }
+            saved.map(|()| true)
+        })
+    }
+
+    fn spend_token(&mut self, digest: &str, known: Option<&str>) -> Answer<Option<Spent>> {
+        let spent = known.map(|user| {
+            // Written with the next batch: a crash may bring back a token spent in its
+            // last second, as the contract allows for tokens.
+            self.persistence.do_send(RecordIdentities {
+                changes: vec![IdentityChange::RevokeToken {
+                    digest: digest.to_string(),
+                }],
+                durable: false,
+            });
+            Spent {
+                user: user.to_string(),
+                account: None,
+            }
+        });
+        Answer::Now(spent)
+    }
+
+    fn lookup_account(&mut self, _key: &str) -> Answer<Option<Account>> {
+        // The view has every account there is.
+        Answer::Now(None)
+    }
+
+    fn delete_account(&mut self, deletion: AccountDeletion) -> StoreFuture<()> {
+        let AccountDeletion {
+            key,
+            account,
+            rooms,
+            ..
+        } = deletion;
+        let identities = self.persistence.send(RecordIdentities {
+            changes: vec![IdentityChange::RemoveAccount { key: key.clone() }],
+            durable: true,
+        });
+        let memberships = self
+            .persistence
+            .send(RecordRooms(vec![RoomChange::RemoveUser {
+                user: key.clone(),
+            }]));
+        let persistence = self.persistence.clone();
+        Box::pin(async move {
+            let saved = store_error(identities.await).and(store_error(memberships.await));
+            if saved.is_err() {
+                // Undone, so that what the user is told holds.
+                persistence.do_send(RecordIdentities {
+                    changes: vec![IdentityChange::AddAccount { account }],
+                    durable: false,
+                });
+                let rejoin = rooms
+                    .into_iter()
+                    .map(|room| RoomChange::Join {
+                        room,
+                        user: key.clone(),
+                    })
+                    .collect();
+                persistence.do_send(RecordRooms(rejoin));
+            }
+            saved
+        })
+    }
+
+    fn join_room(&mut self, join: RoomJoin) -> StoreFuture<Joined> {
+        let mut changes = Vec::new();
+        if join.create {
+            changes.push(RoomChange::Create {
+                name: join.name,
+                created_ms: crate::server::unix_ms(),
+            });
+        }
+        changes.push(RoomChange::Join {
+            room: join.key.clone(),
+            user: join.user.clone(),
+        });
+        let sent = self.persistence.send(RecordRooms(changes.clone()));
+        let persistence = self.persistence.clone();
+        Box::pin(async move {
+            match store_error(sent.await) {
+                Ok(()) => Ok(Joined {
+                    changes,
+                    newly: true,
+                }),
+                Err(err) => {
+                    persistence.do_send(RecordRooms(vec![RoomChange::Part {
+                        room: join.key,
+                        user: join.user,
+                    }]));
+                    Err(err)
+                }
+            }
+        })
+    }
+
+    fn part_room(&mut self, room: &str, user: &str) -> StoreFuture<bool> {
+        let sent = self.persistence.send(RecordRooms(vec![RoomChange::Part {
+            room: room.to_string(),
+            user: user.to_string(),
+        }]));
+        Box::pin(async move { store_error(sent.await).map(|()| true) })
+    }
+
     fn record_rooms(&mut self, changes: Vec<RoomChange>) -> StoreFuture<()> {
         let sent = self.persistence.send(RecordRooms(changes));
         Box::pin(async move { store_error(sent.await) })
@@ -197,6 +324,33 @@ impl Store for FileStore {
 
     fn last_id(&self) -> u64 {
         self.ids.borrow().last_id()
+    }
+
+    fn user_connected(&mut self, _key: &str, _name: &str) -> bool {
+        // This server's connections are all there are.
+        true
+    }
+
+    fn user_disconnected(&mut self, _key: &str) -> bool {
+        true
+    }
+
+    fn online_elsewhere(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn nodes(&self) -> Vec<NodeSummary> {
+        Vec::new()
+    }
+
+    fn broadcast_kick(&mut self, _key: &str, _message: &str, _except: Option<SessionId>) {}
+
+    fn is_available(&self) -> bool {
+        true
+    }
+
+    fn take_events(&mut self) -> Option<StoreEvents> {
+        None
     }
 
     fn sync_for_shutdown(&mut self) -> StoreFuture<()> {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use crate::protocol::ChatMessage;
 use crate::server::identity::IdentityChange;
 
+use super::index::Recent;
 use super::layout::{parse_member_key, untoken, Bucket, Scope};
 use super::presence::PresenceChange;
 use super::records::{
@@ -127,6 +128,8 @@ pub struct Snapshot {
     pub last_message_id: u64,
     /// Users online on other nodes: (name key, name).
     pub online: Vec<(String, String)>,
+    /// The newest messages of each room and account when the node started.
+    pub recent: Recent,
 }
 
 impl Snapshot {

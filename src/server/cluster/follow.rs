@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::{decode, ClusterEvent, NewMessage, Snapshot};
+use super::index::Recent;
 use super::layout::{untoken, Bucket};
 use super::records::{AdminEnvelope, NodeBeat, StoredBody};
 use super::{lock, Inner};
@@ -95,12 +96,13 @@ fn sequence(message: &async_nats::jetstream::Message) -> Option<u64> {
 pub(super) async fn messages(
     inner: Arc<Inner>,
     known: u64,
-    indexed: oneshot::Sender<()>,
+    indexed: oneshot::Sender<Recent>,
     events: mpsc::Sender<ClusterEvent>,
 ) {
     let mut indexed = Some(indexed);
+    let mut recent = Recent::new(inner.config.recent);
     if known == 0 {
-        indexed.take().map(|tx| tx.send(()));
+        indexed.take().map(|tx| tx.send(Recent::default()));
     }
     let started = Instant::now();
     loop {
@@ -138,6 +140,11 @@ pub(super) async fn messages(
                 (Some(scope), Ok(body)) => {
                     let chat = body.with_id(id);
                     let fresh = lock(&inner.index).record(id, &scope, Some(chat.clone()));
+                    if fresh && id <= known {
+                        // Read at start: what logins replay until this node delivers
+                        // messages of its own (those after come as events).
+                        recent.record(&scope, &chat);
+                    }
                     fresh.then_some(NewMessage {
                         scope,
                         message: chat,
@@ -166,7 +173,7 @@ pub(super) async fn messages(
                         "message stream read: {count} messages indexed in {} ms",
                         started.elapsed().as_millis()
                     );
-                    tx.send(()).ok();
+                    tx.send(std::mem::take(&mut recent)).ok();
                 }
             }
         }
@@ -230,6 +237,8 @@ pub(super) async fn state(
         }
     };
     let mut available = inner.available.clone();
+    // Connected at start: only later changes are news.
+    available.borrow_and_update();
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     loop {
         let mut merged = match follower.open().await {
@@ -405,7 +414,7 @@ impl StateFollower {
                     let age = Duration::from_millis(unix_ms().saturating_sub(published_ms));
                     let now = Instant::now();
                     let seen = now.checked_sub(age).unwrap_or(now);
-                    lock(&self.inner.presence).remote_beat(&node, beat, seen)
+                    lock(&self.inner.presence).remote_beat(&node, beat, seen, now)
                 }
                 Err(err) => {
                     log::warn!("node {} beat unreadable: {err}", text::quote(&node));

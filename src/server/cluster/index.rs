@@ -9,7 +9,7 @@
 //! not cached, whatever the stream holds. It costs 8 bytes per room message and 24 per
 //! direct message (one entry in the conversation, one for each of the two accounts).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::protocol::ChatMessage;
 
@@ -130,9 +130,71 @@ impl MessageIndex {
     }
 }
 
+/// The newest messages of every room and of every account's direct messages, as the
+/// stream held them when this node started: what a node replays at login before it
+/// has delivered anything itself. Collected once, while the stream is read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent {
+    limit: usize,
+    /// By room key, oldest first.
+    pub rooms: HashMap<String, VecDeque<ChatMessage>>,
+    /// By account id: direct messages it sent or received, oldest first.
+    pub direct: HashMap<String, VecDeque<ChatMessage>>,
+}
+
+impl Recent {
+    /// Keeps the last `limit` messages of each room and account.
+    pub fn new(limit: usize) -> Recent {
+        Recent {
+            limit,
+            ..Recent::default()
+        }
+    }
+
+    /// Adds the next message (in stream order).
+    pub fn record(&mut self, scope: &Scope, message: &ChatMessage) {
+        if self.limit == 0 {
+            return;
+        }
+        let limit = self.limit;
+        let keep = |queue: &mut VecDeque<ChatMessage>| {
+            if queue.len() == limit {
+                queue.pop_front();
+            }
+            queue.push_back(message.clone());
+        };
+        match scope {
+            Scope::Room(room) => keep(self.rooms.entry(room.clone()).or_default()),
+            Scope::Direct(a, b) => {
+                keep(self.direct.entry(a.clone()).or_default());
+                if a != b {
+                    keep(self.direct.entry(b.clone()).or_default());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_keeps_the_last_of_each_room_and_account() {
+        let mut recent = Recent::new(2);
+        for id in 1..=5 {
+            recent.record(&Scope::Room("tea".into()), &message(id));
+        }
+        recent.record(&Scope::direct("u1", "u2"), &message(6));
+        recent.record(&Scope::direct("u1", "u1"), &message(7));
+        let ids = |q: &VecDeque<ChatMessage>| q.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(&recent.rooms["tea"]), [4, 5]);
+        assert_eq!(ids(&recent.direct["u1"]), [6, 7]);
+        assert_eq!(ids(&recent.direct["u2"]), [6]);
+        let mut none = Recent::new(0);
+        none.record(&Scope::Room("tea".into()), &message(1));
+        assert!(none.rooms.is_empty());
+    }
 
     fn message(id: u64) -> ChatMessage {
         ChatMessage {

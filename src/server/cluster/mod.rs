@@ -45,7 +45,7 @@ use crate::server::unix_ms;
 use crate::text;
 
 pub use self::events::{ClusterEvent, NewMessage, Snapshot, StateChange};
-pub use self::index::HistoryOf;
+pub use self::index::{HistoryOf, Recent};
 pub use self::layout::{BadClusterName, Bucket, Layout, Scope};
 pub use self::presence::{NodeInfo, PresenceChange};
 pub use self::records::{
@@ -89,6 +89,13 @@ pub struct ClusterConfig {
     /// Replicas of the stream and buckets (1 for a single NATS server; 3 for a NATS
     /// cluster, so that losing a NATS server loses nothing).
     pub replicas: usize,
+    /// Messages of each room and account kept from the start-up read for the
+    /// snapshot's [`Recent`] (`--history`).
+    pub recent: usize,
+    /// How long a token lives (`--token-ttl`): the tokens bucket, when this node
+    /// creates it, drops entries older than this by itself, so expired tokens do not
+    /// pile up. `None`: kept until deleted.
+    pub token_ttl: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -105,6 +112,8 @@ impl ClusterConfig {
             op_timeout: Duration::from_secs(5),
             cache: 8192,
             replicas: 1,
+            recent: 0,
+            token_ttl: None,
         }
     }
 }
@@ -290,7 +299,7 @@ impl Cluster {
                     }
                 }
             })
-            .connect(config.url.as_str())
+            .connect(servers(&config.url))
             .await
             .map_err(|err| ConnectError::Unreachable {
                 url: url.clone(),
@@ -346,7 +355,7 @@ impl Cluster {
         let (events, receiver) = mpsc::channel(4096);
 
         let last_id = last_present(inner.messages.cached_info());
-        let (indexed, index_ready) = oneshot::channel();
+        let (indexed, index_ready) = oneshot::channel::<Recent>();
         tokio::spawn(follow::messages(
             Arc::clone(&inner),
             last_id,
@@ -371,9 +380,10 @@ impl Cluster {
             url: url.clone(),
             reason: format!("lost while reading {what}"),
         };
-        index_ready.await.map_err(|_| lost("the message stream"))?;
+        let recent = index_ready.await.map_err(|_| lost("the message stream"))?;
         let mut snapshot = snapshot_rx.await.map_err(|_| lost("the buckets"))?;
         snapshot.last_message_id = lock(&inner.index).last();
+        snapshot.recent = recent;
         Ok(Joined {
             cluster: Cluster { inner },
             snapshot,
@@ -663,8 +673,12 @@ impl Cluster {
     /// Forgets tokens (logout, eviction, a ban, a password change). Durable once it
     /// returns.
     pub async fn revoke_tokens(&self, digests: &[String]) -> Result<(), ClusterError> {
-        futures_util::stream::iter(digests)
-            .map(|digest| self.delete(Bucket::Tokens, digest, None))
+        // Owned values in the stream, so that the future is `Send` (callers spawn it).
+        futures_util::stream::iter(digests.to_vec())
+            .map(|digest| {
+                let cluster = self.clone();
+                async move { cluster.delete(Bucket::Tokens, &digest, None).await }
+            })
             .buffer_unordered(PAGE_FETCHES)
             .try_collect::<Vec<()>>()
             .await
@@ -792,6 +806,17 @@ impl Cluster {
     /// not have been stored (an acknowledgement lost with the connection): if it was,
     /// it arrives as an event like any other.
     pub async fn publish(&self, message: &Outgoing) -> Result<u64, ClusterError> {
+        self.send(message).await?.await
+    }
+
+    /// [`publish`](Self::publish) in two steps: this ends once the message is on its
+    /// way to NATS (so messages sent one after another are stored in that order), and
+    /// the future it gives ends with the id once JetStream has stored it.
+    pub async fn send(
+        &self,
+        message: &Outgoing,
+    ) -> Result<impl std::future::Future<Output = Result<u64, ClusterError>> + Send, ClusterError>
+    {
         self.ensure_available()?;
         let subject = match &message.scope {
             Scope::Room(room) => self.inner.layout.room_subject(room),
@@ -809,10 +834,8 @@ impl Cluster {
             .js
             .publish(subject, payload)
             .await
-            .map_err(refused)?
-            .await
             .map_err(refused)?;
-        Ok(ack.sequence)
+        Ok(async move { ack.await.map(|ack| ack.sequence).map_err(refused) })
     }
 
     /// Up to `limit` messages of `of` with ids below `before` (the latest without it),
@@ -917,6 +940,11 @@ impl Cluster {
         lock(&self.inner.presence).online()
     }
 
+    /// Everyone online on other nodes: (name key, name), by name key.
+    pub fn online_elsewhere(&self) -> Vec<(String, String)> {
+        lock(&self.inner.presence).online_elsewhere()
+    }
+
     /// Whether `key` is online anywhere.
     pub fn is_online(&self, key: &str) -> bool {
         lock(&self.inner.presence).is_online(key)
@@ -976,6 +1004,15 @@ fn last_present(info: &stream::Info) -> u64 {
     }
 }
 
+/// The servers of a `--nats` value: comma-separated URLs (blanks around them and empty
+/// entries are ignored).
+fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// Creates `bucket` (history 1; presence entries expire) or binds to it if another
 /// node did.
 async fn open_bucket(
@@ -988,11 +1025,14 @@ async fn open_bucket(
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);
     }
-    let max_age = if bucket == Bucket::Presence {
+    let max_age = match bucket {
         // Entries of a dead node vanish by themselves; nodes judge sooner.
-        config.node_timeout + Duration::from_secs(10)
-    } else {
-        Duration::ZERO
+        Bucket::Presence => config.node_timeout + Duration::from_secs(10),
+        // An expired token goes by itself (a minute after it expires).
+        Bucket::Tokens => config
+            .token_ttl
+            .map_or(Duration::ZERO, |ttl| ttl + Duration::from_secs(60)),
+        _ => Duration::ZERO,
     };
     // The stream a key-value bucket is, written out rather than through
     // `create_key_value`, whose account query expects fields NATS 2.9 does not send.
@@ -1018,4 +1058,18 @@ async fn open_bucket(
     js.get_key_value(&name)
         .await
         .map_err(|err| outcome.err().unwrap_or_else(|| err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::servers;
+
+    #[test]
+    fn nats_takes_several_comma_separated_servers() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers(" nats://a:4222, nats://b:4222,,nats://c:4222 "),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 }

@@ -155,10 +155,21 @@ impl PresenceBoard {
         .pop()
     }
 
-    /// A beat of another node.
-    pub fn remote_beat(&mut self, node: &str, beat: NodeBeat, now: Instant) -> Vec<PresenceChange> {
+    /// A beat of another node, written at `written`, read at `now`. A beat already
+    /// older than the timeout when read (a node that died shortly before this one
+    /// started, or while this one could not hear) says the node is gone.
+    pub fn remote_beat(
+        &mut self,
+        node: &str,
+        beat: NodeBeat,
+        written: Instant,
+        now: Instant,
+    ) -> Vec<PresenceChange> {
         if node == self.node {
             return Vec::new();
+        }
+        if now.saturating_duration_since(written) >= self.timeout {
+            return self.remote_gone(node);
         }
         let mut keys: BTreeSet<String> = beat.users.keys().cloned().collect();
         let new_node = match self.remote.get(node) {
@@ -177,7 +188,7 @@ impl PresenceBoard {
                 node.to_string(),
                 Remote {
                     beat,
-                    last_seen: now,
+                    last_seen: written,
                 },
             );
         }));
@@ -229,6 +240,15 @@ impl PresenceBoard {
             .iter()
             .chain(self.remote.values().flat_map(|r| r.beat.users.iter()))
         {
+            all.entry(key.clone()).or_insert_with(|| user.name.clone());
+        }
+        all.into_iter().collect()
+    }
+
+    /// Everyone online on other nodes: (name key, name), by name key.
+    pub fn online_elsewhere(&self) -> Vec<(String, String)> {
+        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        for (key, user) in self.remote.values().flat_map(|r| r.beat.users.iter()) {
             all.entry(key.clone()).or_insert_with(|| user.name.clone());
         }
         all.into_iter().collect()
@@ -304,7 +324,7 @@ mod tests {
         let mut board = PresenceBoard::new("me", "here", 0, Duration::from_secs(20));
         assert_eq!(board.connected("ann", "ANN"), Some(online("ann")));
         assert_eq!(board.connected("ann", "ANN"), None);
-        let changes = board.remote_beat("n2", beat(&[("ann", 1), ("bob", 2)]), t0);
+        let changes = board.remote_beat("n2", beat(&[("ann", 1), ("bob", 2)]), t0, t0);
         assert_eq!(
             changes,
             vec![
@@ -319,11 +339,17 @@ mod tests {
         assert_eq!(board.disconnected("ann"), None, "still on n2");
         assert!(board.is_online("ann"));
         assert_eq!(
-            board.remote_beat("n2", beat(&[("bob", 1)]), t0),
+            board.remote_beat("n2", beat(&[("bob", 1)]), t0, t0),
             vec![offline("ann")]
         );
         assert_eq!(board.online(), vec![("bob".into(), "BOB".into())]);
-        assert!(board.remote_beat("me", beat(&[("zed", 1)]), t0).is_empty());
+        assert_eq!(board.online_elsewhere(), board.online());
+        board.connected("cy", "CY");
+        assert_eq!(board.online().len(), 2);
+        assert_eq!(board.online_elsewhere(), vec![("bob".into(), "BOB".into())]);
+        assert!(board
+            .remote_beat("me", beat(&[("zed", 1)]), t0, t0)
+            .is_empty());
     }
 
     #[test]
@@ -331,7 +357,7 @@ mod tests {
         let t0 = Instant::now();
         let mut board = PresenceBoard::new("me", "here", 0, Duration::from_secs(20));
         board.connected("ann", "ANN");
-        board.remote_beat("n2", beat(&[("ann", 1), ("bob", 1)]), t0);
+        board.remote_beat("n2", beat(&[("ann", 1), ("bob", 1)]), t0, t0);
         assert!(board.expire(t0 + Duration::from_secs(19)).is_empty());
         board.heard_again(t0 + Duration::from_secs(15));
         assert!(board.expire(t0 + Duration::from_secs(30)).is_empty());
@@ -347,6 +373,13 @@ mod tests {
             ]
         );
         assert!(board.is_online("ann"), "ann is still here");
+        // A beat already stale when read: the node is not counted.
+        let late = t0 + Duration::from_secs(60);
+        let stale = late - Duration::from_secs(21);
+        assert!(board
+            .remote_beat("n3", beat(&[("cy", 1)]), stale, late)
+            .is_empty());
+        assert!(!board.is_online("cy"));
         let nodes = board.nodes();
         assert_eq!(nodes.len(), 1);
         assert!(nodes[0].this_node);

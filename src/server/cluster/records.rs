@@ -2,7 +2,7 @@
 //! message, and the commands sent to every node. Each is a plain serde type, so a
 //! value written by one node is read the same by every other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +106,10 @@ pub struct BanRecord {
     pub reason: String,
     /// Unix milliseconds of the ban.
     pub at_ms: u64,
+    /// Digests of the tokens the ban revoked: a client that still holds one is told it
+    /// is banned rather than that its token is unknown, on every node.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revoked: BTreeSet<String>,
 }
 
 /// A room, in [`Bucket::Rooms`](super::layout::Bucket::Rooms) under its room key.
