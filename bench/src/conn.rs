@@ -170,6 +170,17 @@ impl Conn {
         }
     }
 
+    /// Reads and drops whatever the server sent before now (the histories of an
+    /// account's rooms come after the lobby's): sends `ping` and reads up to its `pong`.
+    pub async fn skip_pending(&mut self) -> Result<()> {
+        self.send(&ClientMessage::Ping).await?;
+        loop {
+            if let ServerMessage::Pong = self.next_message().await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Gives back the read buffer's memory once a connection will only sit idle.
     pub fn into_idle(self) -> TcpStream {
         self.stream

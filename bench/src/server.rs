@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{BenchError, Result};
 
 /// How long a server may take to print its `listening on` line.
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// How long a graceful `shutdown` may take before the server is killed.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -47,20 +47,28 @@ pub struct ServerProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// From the spawn to the server's first stdout line (`listening on ...`): its
+    /// start-up, state loading included.
+    pub started_in: Duration,
     state_dir: PathBuf,
 }
 
 impl ServerProcess {
-    /// Starts the server and waits for its first stdout line.
+    /// Starts the server on a fresh state folder and waits for its first stdout line.
     pub fn start(launch: &ServerLaunch, label: &str) -> Result<ServerProcess> {
-        if !launch.binary.is_file() {
-            return Err(BenchError::Server(format!(
-                "no server binary at {} (build it with `cargo build --release --workspace`, \
-                 or pass --server-bin or --target)",
-                launch.binary.display()
-            )));
-        }
+        check_binary(launch)?;
         let state_dir = fresh_state_dir(label)?;
+        ServerProcess::start_in(launch, state_dir)
+    }
+
+    /// Starts the server on `state_dir`, a folder the caller prepared (see
+    /// [`fresh_state_dir`]); it is removed when the server is dropped, or at once if the
+    /// server cannot be started.
+    pub fn start_in(launch: &ServerLaunch, state_dir: PathBuf) -> Result<ServerProcess> {
+        if let Err(e) = check_binary(launch) {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e);
+        }
         let mut command = Command::new(&launch.binary);
         if launch.kind == ServerKind::Reference {
             command.arg("0");
@@ -97,6 +105,7 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         die_with_parent(&mut command);
+        let spawned = Instant::now();
         let mut child = command.spawn().map_err(|e| {
             let _ = std::fs::remove_dir_all(&state_dir);
             BenchError::io(format!("start {}", launch.binary.display()), e)
@@ -108,12 +117,14 @@ impl ServerProcess {
             child,
             stdin,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            started_in: Duration::ZERO,
             state_dir,
         };
         let Some(stdout) = stdout else {
             return Err(BenchError::Server("no stdout pipe".into()));
         };
         server.addr = read_listening_line(stdout, &mut server.child)?;
+        server.started_in = spawned.elapsed();
         Ok(server)
     }
 
@@ -191,8 +202,20 @@ fn read_listening_line(
         .ok_or_else(|| BenchError::Server(format!("unexpected first line: {line:?}")))
 }
 
+/// An error unless the launch's binary exists.
+fn check_binary(launch: &ServerLaunch) -> Result<()> {
+    if launch.binary.is_file() {
+        return Ok(());
+    }
+    Err(BenchError::Server(format!(
+        "no server binary at {} (build it with `cargo build --release --workspace`, \
+         or pass --server-bin or --target)",
+        launch.binary.display()
+    )))
+}
+
 /// A new empty folder under the system temp dir for one server's state.
-fn fresh_state_dir(label: &str) -> Result<PathBuf> {
+pub fn fresh_state_dir(label: &str) -> Result<PathBuf> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
