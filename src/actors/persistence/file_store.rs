@@ -3,10 +3,13 @@
 //! It lives inside `ChatServer` and hands the file work to the `Persistence` actor, so
 //! no disk access ever runs on the chat thread. It owns the message ids: they are given
 //! only within the reservation in `ids.json` ([`IdAllocator`]), and the next block is
-//! reserved half a block ahead, so chat never waits for the disk.
+//! reserved half a block ahead, so chat never waits for the disk. Blocks grow with the
+//! message rate, so that half a block lasts seconds even at tens of thousands of
+//! messages a second (a slow `fsync` must not run the ids out).
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -18,11 +21,15 @@ use crate::codec::payload_of;
 use crate::protocol::ChatMessage;
 use crate::server::identity::IdentityChange;
 use crate::server::rooms::RoomChange;
-use crate::server::store::history_file::{ID_BLOCK, MAX_MESSAGE_ID};
+use crate::server::store::history_file::{ID_BLOCK, MAX_ID_BLOCK, MAX_MESSAGE_ID};
 use crate::server::store::{
     Delivery, Draft, PageRequest, Store, StoreError, StoreFuture, Submitted, Target,
 };
 use bytes::Bytes;
+
+/// How many seconds of ids, at the rate they were last used, a block holds (half of it
+/// is the margin the reservation's write has).
+const BLOCK_SECONDS: u64 = 10;
 
 /// The message ids: which comes next, and how far the durable reservation reaches.
 #[derive(Debug)]
@@ -32,6 +39,11 @@ pub struct IdAllocator {
     reserved_through: u64,
     /// A reservation asked for and not yet answered.
     reserving: bool,
+    /// Ids per reservation: [`ID_BLOCK`], or more while messages come fast.
+    block: u64,
+    /// When the last reservation was asked for (or the allocator made), and the next
+    /// id then.
+    last_asked: (Instant, u64),
 }
 
 impl IdAllocator {
@@ -41,6 +53,9 @@ impl IdAllocator {
             next_id,
             reserved_through,
             reserving: false,
+            block: ID_BLOCK,
+            // A burst right after start-up sizes the first block too.
+            last_asked: (Instant::now(), next_id),
         }
     }
 
@@ -62,12 +77,24 @@ impl IdAllocator {
     /// The reservation to write now, if one is due (less than half a block left and
     /// none on its way); it is then on its way until [`reserved`](Self::reserved) or
     /// [`reservation_failed`](Self::reservation_failed).
-    pub fn reservation_due(&mut self) -> Option<u64> {
-        if self.reserving || self.reserved_through.saturating_sub(self.next_id) >= ID_BLOCK / 2 {
+    ///
+    /// The block holds [`BLOCK_SECONDS`] of ids at the rate used since the last
+    /// reservation was asked for, at least [`ID_BLOCK`] and at most [`MAX_ID_BLOCK`].
+    pub fn reservation_due(&mut self, now: impl FnOnce() -> Instant) -> Option<u64> {
+        if self.reserving || self.reserved_through.saturating_sub(self.next_id) >= self.block / 2 {
             return None;
         }
+        let now = now();
+        let (then, id_then) = self.last_asked;
+        let used = u128::from(self.next_id.saturating_sub(id_then));
+        let elapsed = now
+            .saturating_duration_since(then)
+            .max(Duration::from_millis(1));
+        let wanted = used * u128::from(BLOCK_SECONDS) * 1000 / elapsed.as_millis();
+        self.block = (wanted.min(u128::from(MAX_ID_BLOCK)) as u64).max(ID_BLOCK);
+        self.last_asked = (now, self.next_id);
         self.reserving = true;
-        Some((self.next_id + ID_BLOCK).min(MAX_MESSAGE_ID))
+        Some((self.next_id + self.block).min(MAX_MESSAGE_ID))
     }
 
     /// A reservation up to `through` is on disk.
@@ -100,7 +127,7 @@ impl FileStore {
 
     /// Asks `Persistence` for the next block of ids when the reservation runs low.
     fn reserve_if_due(&self) {
-        let Some(through) = self.ids.borrow_mut().reservation_due() else {
+        let Some(through) = self.ids.borrow_mut().reservation_due(Instant::now) else {
             return;
         };
         let sent = self.persistence.send(ReserveIds { through });
@@ -213,22 +240,63 @@ mod tests {
 
     #[test]
     fn ids_are_given_only_within_the_reservation() {
+        let start = Instant::now();
+        // Slowly: a minute between reservations keeps the smallest block.
+        let at = |minutes: u64| move || start + Duration::from_secs(60 * minutes);
         let mut ids = IdAllocator::new(1, 0);
         assert_eq!(ids.take(), None, "nothing reserved yet");
-        let through = ids.reservation_due().unwrap();
+        let through = ids.reservation_due(at(0)).unwrap();
         assert_eq!(through, 1 + ID_BLOCK);
-        assert_eq!(ids.reservation_due(), None, "one on its way");
+        assert_eq!(ids.reservation_due(at(0)), None, "one on its way");
         ids.reserved(through);
         assert_eq!(ids.take(), Some(1));
-        assert_eq!(ids.reservation_due(), None, "plenty left");
+        assert_eq!(ids.reservation_due(at(0)), None, "plenty left");
         while ids.last_id() < ID_BLOCK / 2 + 1 {
             ids.take().unwrap();
         }
-        let next = ids.reservation_due().unwrap();
+        let next = ids.reservation_due(at(1)).unwrap();
         assert!(next > through);
+        assert_eq!(
+            next - ids.last_id() - 1,
+            ID_BLOCK,
+            "slow use keeps the block"
+        );
         ids.reservation_failed();
-        assert!(ids.reservation_due().is_some(), "asked again");
+        assert!(ids.reservation_due(at(2)).is_some(), "asked again");
         while ids.take().is_some() {}
         assert_eq!(ids.last_id(), through);
+    }
+
+    #[test]
+    fn blocks_grow_with_the_rate_and_shrink_back() {
+        let start = Instant::now();
+        let at = |ms: u64| move || start + Duration::from_millis(ms);
+        let mut ids = IdAllocator::new(1, 0);
+        let through = ids.reservation_due(at(0)).unwrap();
+        ids.reserved(through);
+        // Half a block used in 100 ms: 50,000 ids a second.
+        while ids.last_id() < ID_BLOCK / 2 + 1 {
+            ids.take().unwrap();
+        }
+        let fast = ids.reservation_due(at(100)).unwrap();
+        let block = fast - ids.last_id() - 1;
+        assert!(
+            (450_000..=550_000).contains(&block),
+            "10 s of ids at 50,000/s: {block}"
+        );
+        ids.reserved(fast);
+        // Faster still: capped.
+        while ids.reserved_through - ids.next_id >= block / 2 {
+            ids.take().unwrap();
+        }
+        let capped = ids.reservation_due(at(101)).unwrap();
+        assert_eq!(capped - ids.last_id() - 1, MAX_ID_BLOCK);
+        ids.reserved(capped);
+        // Then slow again: back to the smallest block.
+        while ids.reserved_through - ids.next_id >= MAX_ID_BLOCK / 2 {
+            ids.take().unwrap();
+        }
+        let slow = ids.reservation_due(at(3_600_000)).unwrap();
+        assert_eq!(slow - ids.last_id() - 1, ID_BLOCK);
     }
 }

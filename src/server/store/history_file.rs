@@ -33,9 +33,13 @@ pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;
 /// character escaped is about 25 KB.
 pub const MAX_HISTORY_LINE_BYTES: usize = 256 * 1024;
 
-/// Ids reserved at a time. At thousands of messages a second a block lasts seconds,
-/// so the reservation's fsync is rare; a crash skips at most one block.
+/// Ids reserved at a time, at least. At thousands of messages a second a block lasts
+/// seconds, so the reservation's fsync is rare; a crash skips at most one block.
 pub const ID_BLOCK: u64 = 10_000;
+
+/// Ids reserved at a time, at most: blocks grow while messages come fast, so that half
+/// a block outlasts a slow `fsync` of `ids.json`.
+pub const MAX_ID_BLOCK: u64 = 1_000_000;
 
 /// What start-up recovers from `history.jsonl`.
 #[derive(Debug, Default)]
