@@ -259,20 +259,41 @@ impl HistoryFile {
         offset
     }
 
-    /// The `len` bytes at `offset`: one line, from the file or from what is queued.
-    pub fn read_at(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; len as usize];
-        if offset >= self.len {
-            let start = (offset - self.len) as usize;
-            let queued = self
-                .pending
-                .get(start..start + len as usize)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "not in the file"))?;
-            bytes.copy_from_slice(queued);
-            return Ok(bytes);
+    /// The lines at `entries` (a page), each from the file or from what is queued,
+    /// read into one buffer and cut into lines. Whether the file is still the one at
+    /// the path is checked once for the page, not once per line: those two `statx`
+    /// calls per line cost more than the reads themselves.
+    pub fn read_lines(&mut self, entries: &[Entry]) -> io::Result<Vec<Bytes>> {
+        let total: usize = entries.iter().map(|e| e.len as usize).sum();
+        let mut buf = vec![0u8; total];
+        // Lines at or past the file's length are still queued.
+        let written = self.len;
+        if entries.iter().any(|e| e.offset < written) {
+            self.open()?;
         }
-        self.open()?.read_exact_at(&mut bytes, offset)?;
-        Ok(bytes)
+        let mut cuts = Vec::with_capacity(entries.len());
+        let mut at = 0;
+        for entry in entries {
+            let len = entry.len as usize;
+            let line = &mut buf[at..at + len];
+            if entry.offset >= written {
+                let start = (entry.offset - written) as usize;
+                let queued = self.pending.get(start..start + len).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "not in the file")
+                })?;
+                line.copy_from_slice(queued);
+            } else {
+                let file = self
+                    .file
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("history file not open"))?;
+                file.read_exact_at(line, entry.offset)?;
+            }
+            cuts.push(at..at + len);
+            at += len;
+        }
+        let buf = Bytes::from(buf);
+        Ok(cuts.into_iter().map(|cut| buf.slice(cut)).collect())
     }
 
     /// The open file, opened (for reading and appending) if it is not.
@@ -398,15 +419,11 @@ mod tests {
             .page(&Conversation::direct("bob", "ann"), None, 0, 10);
         assert_eq!(page.len(), 1);
         let mut file = HistoryFile::new(&path, loaded.len);
-        let line = file.read_at(page[0].offset, page[0].len).unwrap();
-        assert_eq!(line, lines[2].as_bytes());
-        // What is queued and not yet written reads too.
+        let read = file.read_lines(page).unwrap();
+        assert_eq!(read, [lines[2].as_bytes()]);
+        // What is queued and not yet written reads too, in the same page.
         let offset = file.append(lines[0].as_bytes());
         assert_eq!(offset, text.len() as u64);
-        assert_eq!(
-            file.read_at(offset, lines[0].len() as u32).unwrap(),
-            lines[0].as_bytes()
-        );
         loaded.index.add(
             Conversation::Room("lobby".into()),
             Entry {
@@ -415,6 +432,14 @@ mod tests {
                 len: lines[0].len() as u32,
             },
         );
+        let lobby = loaded
+            .index
+            .page(&Conversation::Room("lobby".into()), None, 0, 10);
+        let read = file.read_lines(lobby).unwrap();
+        assert_eq!(read, [lines[0], lines[3], lines[0]].map(str::as_bytes));
+        // And once written, from the file.
+        file.flush(false).unwrap();
+        assert_eq!(file.read_lines(lobby).unwrap(), read);
     }
 
     #[test]
