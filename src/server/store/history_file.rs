@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::history_index::{Conversation, Entry, HistoryIndex};
+use super::history_index::{Conversation, ConversationCache, Entry, HistoryIndex};
 use crate::server::store::identity_file::LoadError;
 use crate::server::store::state_files;
 
@@ -75,6 +75,14 @@ struct LineHead<'a> {
     text: Cow<'a, str>,
 }
 
+/// The queue of `key` in `map`, made if missing (the key is copied only then).
+fn queue_of<'a, T>(map: &'a mut HashMap<String, VecDeque<T>>, key: &str) -> &'a mut VecDeque<T> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), VecDeque::new());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 /// Keeps the last `keep` items.
 fn keep_last<T>(queue: &mut VecDeque<T>, item: T, keep: usize) {
     if keep == 0 {
@@ -110,6 +118,7 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
     let mut line = Vec::new();
     let mut good_len: u64 = 0;
     let mut line_no = 0usize;
+    let mut conversations = ConversationCache::default();
     loop {
         line.clear();
         let n = (&mut reader)
@@ -150,9 +159,9 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
         }
         loaded.last_id = head.id;
         let conversation =
-            Conversation::of_line(head.room.as_deref(), head.to.as_deref(), &head.from);
-        loaded.index.add(
-            conversation.clone(),
+            conversations.of_line(head.room.as_deref(), head.to.as_deref(), &head.from);
+        loaded.index.add_to(
+            &conversation,
             Entry {
                 id: head.id,
                 offset: good_len,
@@ -160,20 +169,14 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
             },
         );
         let payload = Bytes::copy_from_slice(body);
-        match conversation {
-            Conversation::Room(room) => {
-                keep_last(loaded.rooms.entry(room).or_default(), payload, keep)
-            }
+        match &*conversation {
+            Conversation::Room(room) => keep_last(queue_of(&mut loaded.rooms, room), payload, keep),
             Conversation::Direct(a, b) => {
                 if a != b {
-                    let entry = loaded.direct.entry(b).or_default();
+                    let entry = queue_of(&mut loaded.direct, b);
                     keep_last(entry, (head.id, payload.clone()), keep);
                 }
-                keep_last(
-                    loaded.direct.entry(a).or_default(),
-                    (head.id, payload),
-                    keep,
-                );
+                keep_last(queue_of(&mut loaded.direct, a), (head.id, payload), keep);
             }
         }
         good_len += n as u64;
