@@ -6,6 +6,12 @@
 //! reserved half a block ahead, so chat never waits for the disk. Blocks grow with the
 //! message rate, so that half a block lasts seconds even at tens of thousands of
 //! messages a second (a slow `fsync` must not run the ids out).
+//!
+//! Identity changes that need not be durable at once (rotated tokens, remembered
+//! addresses: `Persistence` writes them once a second anyway) are gathered here for
+//! [`IDENTITY_BATCH`] and handed over together, so that a burst of logins does not wake
+//! the `Persistence` thread twice per login. A durable change, and the shutdown sync,
+//! take whatever is gathered first, so the order on disk is the order of the changes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -30,6 +36,10 @@ use bytes::Bytes;
 /// How many seconds of ids, at the rate they were last used, a block holds (half of it
 /// is the margin the reservation's write has).
 const BLOCK_SECONDS: u64 = 10;
+
+/// How long identity changes that need not be durable at once are gathered before they
+/// go to `Persistence` (which writes them with its next journal write, every second).
+pub const IDENTITY_BATCH: Duration = Duration::from_millis(20);
 
 /// The message ids: which comes next, and how far the durable reservation reaches.
 #[derive(Debug)]
@@ -114,6 +124,9 @@ pub struct FileStore {
     persistence: Addr<Persistence>,
     /// Shared with the reservation replies, which arrive on this same thread.
     ids: Rc<RefCell<IdAllocator>>,
+    /// Identity changes gathered for [`IDENTITY_BATCH`]; shared with the task that
+    /// hands them over, on this same thread.
+    gathered: Rc<RefCell<Vec<IdentityChange>>>,
 }
 
 impl FileStore {
@@ -122,7 +135,35 @@ impl FileStore {
         FileStore {
             persistence,
             ids: Rc::new(RefCell::new(ids)),
+            gathered: Rc::new(RefCell::new(Vec::new())),
         }
+    }
+
+    /// Gathers identity changes; the first of a batch starts the task that hands them
+    /// over [`IDENTITY_BATCH`] later.
+    fn gather(&self, changes: Vec<IdentityChange>) {
+        let mut gathered = self.gathered.borrow_mut();
+        let first = gathered.is_empty();
+        gathered.extend(changes);
+        if !first {
+            return;
+        }
+        let (gathered, persistence) = (Rc::clone(&self.gathered), self.persistence.clone());
+        actix::spawn(async move {
+            tokio::time::sleep(IDENTITY_BATCH).await;
+            let changes = std::mem::take(&mut *gathered.borrow_mut());
+            if !changes.is_empty() {
+                persistence.do_send(RecordIdentities {
+                    changes,
+                    durable: false,
+                });
+            }
+        });
+    }
+
+    /// Takes what is gathered, to go before a change or a sync sent now.
+    fn take_gathered(&self) -> Vec<IdentityChange> {
+        std::mem::take(&mut *self.gathered.borrow_mut())
     }
 
     /// Asks `Persistence` for the next block of ids when the reservation runs low.
@@ -200,15 +241,18 @@ impl Store for FileStore {
         changes: Vec<IdentityChange>,
         durable: bool,
     ) -> Option<StoreFuture<()>> {
-        if changes.is_empty() && !durable {
-            return None;
-        }
-        let message = RecordIdentities { changes, durable };
         if !durable {
-            self.persistence.do_send(message);
+            if !changes.is_empty() {
+                self.gather(changes);
+            }
             return None;
         }
-        let sent = self.persistence.send(message);
+        let mut all = self.take_gathered();
+        all.extend(changes);
+        let sent = self.persistence.send(RecordIdentities {
+            changes: all,
+            durable,
+        });
         Some(Box::pin(async move { store_error(sent.await) }))
     }
 
@@ -227,6 +271,14 @@ impl Store for FileStore {
     }
 
     fn sync_for_shutdown(&mut self) -> StoreFuture<()> {
+        let gathered = self.take_gathered();
+        if !gathered.is_empty() {
+            // The mailbox keeps one sender's messages in order: these go first.
+            self.persistence.do_send(RecordIdentities {
+                changes: gathered,
+                durable: false,
+            });
+        }
         let sent = self.persistence.send(SyncForShutdown {
             last_id: self.last_id(),
         });
