@@ -116,11 +116,15 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
     let secs = elapsed.as_secs_f64();
     let deliveries = counters.deliveries as f64 / secs;
     let messages = counters.acked as f64 / secs;
+    let megabytes = counters.delivered_bytes as f64 / secs / 1e6;
     bench.say(
         phase,
         format!(
-            "{deliveries:.0} deliveries/s, {messages:.0} messages/s ({} deliveries, {} messages in {secs:.2} s)",
-            counters.deliveries, counters.acked
+            "{deliveries:.0} deliveries/s, {messages:.0} messages/s, {megabytes:.0} MB/s of MESSAGE \
+             frames ({:.0} bytes each; {} deliveries, {} messages in {secs:.2} s)",
+            counters.delivered_bytes as f64 / counters.deliveries.max(1) as f64,
+            counters.deliveries,
+            counters.acked
         ),
     );
     bench.say(
@@ -130,6 +134,7 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
     bench.say(phase, cpu.to_string());
     trouble(bench, phase, &counters, first_error.as_deref());
     bench.figure("fanout deliveries/s", deliveries);
+    bench.figure("fanout MB/s delivered", megabytes);
     record_latency(bench, "fanout peak", &histogram);
     record_cpu(bench, "fanout", &cpu, &counters);
     bench.summarize(format!("{:<38} {deliveries:.0}", "fanout deliveries/s"));

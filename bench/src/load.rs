@@ -61,6 +61,7 @@ struct LoadShared {
     /// The run's clock: stamps are nanoseconds since this instant.
     clock: Instant,
     deliveries: AtomicU64,
+    delivered_bytes: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
@@ -76,6 +77,8 @@ struct LoadShared {
 pub struct Counters {
     /// MESSAGE frames received by any connection.
     pub deliveries: u64,
+    /// Their bytes, length headers included (servers differ in what a MESSAGE holds).
+    pub delivered_bytes: u64,
     /// Messages the senders wrote.
     pub sent: u64,
     /// Senders' own messages that came back.
@@ -91,6 +94,7 @@ impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
             deliveries: self.deliveries - earlier.deliveries,
+            delivered_bytes: self.delivered_bytes - earlier.delivered_bytes,
             sent: self.sent - earlier.sent,
             acked: self.acked - earlier.acked,
             errors: self.errors - earlier.errors,
@@ -150,6 +154,7 @@ impl ChatLoad {
         let shared = Arc::new(LoadShared {
             clock,
             deliveries: AtomicU64::new(0),
+            delivered_bytes: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -196,6 +201,7 @@ impl ChatLoad {
         let s = &self.shared;
         Counters {
             deliveries: s.deliveries.load(Ordering::Relaxed),
+            delivered_bytes: s.delivered_bytes.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
@@ -460,6 +466,7 @@ async fn run_connection(
                 }
                 let now_ns = shared.clock.elapsed().as_nanos() as u64;
                 let (mut delivered, mut acked, mut errors) = (0u64, 0u64, 0u64);
+                let mut delivered_bytes = 0u64;
                 let mut closing = false;
                 loop {
                     let frame = match decode_frame(&mut codec, &mut buf) {
@@ -474,6 +481,7 @@ async fn run_connection(
                     match classify(&frame) {
                         Inbound::Message(stamp) => {
                             delivered += 1;
+                            delivered_bytes += frame.len() as u64 + 4;
                             if let Some(stamp) = stamp {
                                 latencies.push(now_ns.saturating_sub(stamp.sent_ns) / 1000);
                                 if Some(stamp.sender) == my_index {
@@ -498,6 +506,7 @@ async fn run_connection(
                     }
                 }
                 shared.deliveries.fetch_add(delivered, Ordering::Relaxed);
+                shared.delivered_bytes.fetch_add(delivered_bytes, Ordering::Relaxed);
                 if acked > 0 {
                     shared.acked.fetch_add(acked, Ordering::Relaxed);
                 }
