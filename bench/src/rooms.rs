@@ -275,7 +275,12 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             format!("rooms @{rate} p50/p99/p99.9 us"),
             percentiles_short(&measured.histogram),
         ));
-        if let Some(server) = measured.cpu.server {
+        // A run that lost messages or connections says nothing about the cost of a
+        // delivery: it is shown above, and left out of the comparison.
+        let clean = measured.counters.errors == 0
+            && measured.counters.lost == 0
+            && measured.counters.deliveries > 0;
+        if let Some(server) = measured.cpu.server.filter(|_| clean) {
             let rest = idle_cores.unwrap_or(0.0) * measured.cpu.wall;
             match totals.iter_mut().find(|t| t.0 == online_others) {
                 Some(total) => {
