@@ -8,16 +8,18 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::chat_server::{
-    ChatServer, ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, PostInRoom,
-    ResumeGreeting, RoomsSummary, Shutdown, Status,
+    BanAccount, ChatServer, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
+    PostAsServer, PostInRoom, ResumeGreeting, RoomsSummary, Shutdown, Status, UnbanAccount,
 };
 use super::persistence::{ClearLog, Persistence};
 use crate::server::logging;
+use crate::server::tls::Certificates;
 use crate::text::{escape, plural};
 
 mod command;
@@ -30,6 +32,8 @@ pub struct AdminConsole {
     persistence: Addr<Persistence>,
     /// The log file, which `logs` reads itself (reading never changes it).
     log: PathBuf,
+    /// The TLS certificate, when the server listens with TLS.
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl AdminConsole {
@@ -38,35 +42,72 @@ impl AdminConsole {
         server: Addr<ChatServer>,
         persistence: Addr<Persistence>,
         log: PathBuf,
+        certificates: Option<Arc<Certificates>>,
     ) -> AdminConsole {
         AdminConsole {
             server,
             persistence,
             log,
+            certificates,
         }
     }
 
     fn run(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
             Command::Help => print_out(HELP),
-            Command::Status => self.answer(ctx, self.server.send(Status), |report| {
-                format!(
-                    "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}",
-                    report.address,
-                    if report.paused { "yes" } else { "no" },
-                    report.users_online,
-                    report.connections,
-                    report.waiting,
-                    report.accounts,
-                    report.last_message_id,
-                    format_uptime(report.uptime),
-                )
-            }),
+            Command::Status => {
+                let tls = self
+                    .certificates
+                    .as_ref()
+                    .map(|c| format!("\ntls: {}", c.fingerprint()))
+                    .unwrap_or_default();
+                self.answer(ctx, self.server.send(Status), move |report| {
+                    format!(
+                        "address: {}\npaused: {}\nusers online: {}\nconnections: {} ({} waiting)\naccounts: {}\nmessages sent: {}\nuptime: {}{tls}",
+                        report.address,
+                        if report.paused { "yes" } else { "no" },
+                        report.users_online,
+                        report.connections,
+                        report.waiting,
+                        report.accounts,
+                        report.last_message_id,
+                        format_uptime(report.uptime),
+                    )
+                })
+            }
+            Command::ReloadTls => {
+                let Some(certificates) = self.certificates.clone() else {
+                    print_out("TLS is not on (no --tls-port): nothing to reload");
+                    return;
+                };
+                let reloaded = async move {
+                    tokio::task::spawn_blocking(move || {
+                        let old = certificates.fingerprint();
+                        (certificates.reload(), old)
+                    })
+                    .await
+                    .map_err(|_| MailboxError::Closed)
+                };
+                self.answer(ctx, reloaded, |(reloaded, old)| match reloaded {
+                    Ok(fingerprint) => {
+                        log::info!("TLS certificate reloaded by the admin: {fingerprint}");
+                        format!("TLS certificate reloaded: {fingerprint}")
+                    }
+                    Err(err) => {
+                        log::error!("TLS certificate not reloaded, the old one stays: {err}");
+                        format!("TLS certificate not reloaded: {err}; still serving {old}")
+                    }
+                })
+            }
             Command::Users => self.answer(ctx, self.server.send(ListUsers), |users| {
                 if users.is_empty() {
                     "(no users online)".to_string()
                 } else {
-                    users.iter().map(|u| escape(u)).collect::<Vec<_>>().join("\n")
+                    users
+                        .iter()
+                        .map(|u| escape(u))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 }
             }),
             Command::Pause => self.answer(ctx, self.server.send(PauseGreeting), |()| {
@@ -115,16 +156,21 @@ impl AdminConsole {
                     if n == 0 {
                         format!("no such user online: {asked}")
                     } else {
-                        format!("kicked {asked} ({})", plural(n, "connection", "connections"))
+                        format!(
+                            "kicked {asked} ({})",
+                            plural(n, "connection", "connections")
+                        )
                     }
                 })
             }
-            Command::Announce(text) => {
-                self.answer(ctx, self.server.send(PostAsServer { text }), |id| match id {
+            Command::Announce(text) => self.answer(
+                ctx,
+                self.server.send(PostAsServer { text }),
+                |id| match id {
                     Ok(id) => format!("sent message #{id}"),
                     Err(err) => format!("not sent: {err}"),
-                })
-            }
+                },
+            ),
             Command::Rooms => self.answer(ctx, self.server.send(RoomsSummary), |rooms| {
                 rooms
                     .iter()
@@ -145,12 +191,57 @@ impl AdminConsole {
                     .collect::<Vec<_>>()
                     .join("\n")
             }),
-            Command::AnnounceIn { room, text } => {
-                self.answer(ctx, self.server.send(PostInRoom { room, text }), |id| match id {
+            Command::AnnounceIn { room, text } => self.answer(
+                ctx,
+                self.server.send(PostInRoom { room, text }),
+                |id| match id {
                     Ok(id) => format!("sent message #{id}"),
                     Err(err) => format!("not sent: {err}"),
-                })
+                },
+            ),
+            Command::Ban { name, reason } => self.answer(
+                ctx,
+                self.server.send(BanAccount { name, reason }),
+                |done| match done {
+                    Ok((name, closed)) => format!(
+                        "banned {} ({})",
+                        escape(&name),
+                        plural(closed, "connection closed", "connections closed")
+                    ),
+                    Err(err) => format!("not banned: {err}"),
+                },
+            ),
+            Command::Unban(name) => {
+                let shown = escape(&name).into_owned();
+                self.answer(
+                    ctx,
+                    self.server.send(UnbanAccount { name }),
+                    move |done| match done {
+                        Ok(()) => format!("unbanned {shown}"),
+                        Err(err) => format!("not unbanned: {err}"),
+                    },
+                )
             }
+            Command::Bans => self.answer(ctx, self.server.send(ListBans), |bans| {
+                if bans.is_empty() {
+                    return "(no bans)".to_string();
+                }
+                bans.iter()
+                    .map(|ban| {
+                        let reason = if ban.reason.is_empty() {
+                            "no reason given".to_string()
+                        } else {
+                            escape(&ban.reason).into_owned()
+                        };
+                        format!(
+                            "{}  since {}  {reason}",
+                            escape(&ban.name),
+                            utc_time(ban.since_ms)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
             Command::Shutdown => {
                 print_out("shutting down");
                 self.server.do_send(Shutdown);
@@ -251,6 +342,28 @@ fn print_out(text: &str) {
     let _ = out.flush();
 }
 
+/// Unix milliseconds as a UTC time, `2026-11-21 05:10:59 UTC`.
+fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 fn format_uptime(uptime: Duration) -> String {
     let secs = uptime.as_secs();
     format!(
@@ -265,6 +378,13 @@ fn format_uptime(uptime: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_read_well() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_795_237_859_453), "2026-11-21 05:10:59 UTC");
+    }
 
     #[test]
     fn uptime_reads_well() {

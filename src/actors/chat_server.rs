@@ -6,7 +6,7 @@
 //! there: [`Connections`], [`Presence`], a [`History`] per room and per account's
 //! direct messages, the [`Identities`], the [`Rooms`] and the [`Limits`]. Its handlers
 //! are grouped by what they are about: connecting and greeting (here), [`accounts`]
-//! (authentication, logout), [`rooms`] (join, part, rooms, who), [`chat`] (messages to
+//! (authentication, logout), [`account`] (a user's password and deletion), [`rooms`] (join, part, rooms, who), [`chat`] (messages to
 //! rooms and users, pages of history), [`admin`] (the console's commands) and
 //! [`shutdown`].
 //!
@@ -14,6 +14,7 @@
 //! computation per core, taking turns between addresses, so a login storm queues
 //! instead of starving chat), and durable state goes to the [`Store`].
 
+mod account;
 mod accounts;
 mod admin;
 mod chat;
@@ -31,10 +32,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+pub use self::account::{ChangePassword, DeleteAccount};
 pub use self::accounts::{AuthOutcome, Authenticate, Credentials, Logout};
 pub use self::admin::{
-    ClearIdentities, Kick, ListUsers, PauseGreeting, PostAsServer, ResumeGreeting, Status,
-    StatusReport,
+    BanAccount, BanError, BanSummary, ClearIdentities, Kick, ListBans, ListUsers, PauseGreeting,
+    PostAsServer, ResumeGreeting, Status, StatusReport, UnbanAccount,
 };
 pub use self::chat::{Page, PostMessage};
 pub use self::connections::{Connections, Peer, Refusal};

@@ -16,8 +16,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::chat_server::{
-    AuthOutcome, Authenticate, ChatServer, Connect, Credentials, Disconnect, Greeted, JoinRoom,
-    ListRooms, Logout, Page, PartRoom, PeerHandle, PostMessage, Who,
+    AuthOutcome, Authenticate, ChangePassword, ChatServer, Connect, Credentials, DeleteAccount,
+    Disconnect, Greeted, JoinRoom, ListRooms, Logout, Page, PartRoom, PeerHandle, PostMessage, Who,
 };
 use crate::codec::encode_frame;
 use crate::log_noise;
@@ -265,10 +265,33 @@ impl Session {
                     .wait(ctx);
             }
             (Stage::User(_), ClientMessage::Quit) => self.close(ctx),
-            (
-                Stage::User(_),
-                ClientMessage::ChangePassword { .. } | ClientMessage::DeleteAccount { .. },
-            ) => self.reply_error(ErrorCode::BadRequest, "not supported yet"),
+            (Stage::User(_), ClientMessage::ChangePassword { old, new }) => {
+                if !crate::auth::is_valid_password(&new) {
+                    let rule = crate::auth::password_rule();
+                    self.reply_error(ErrorCode::InvalidPassword, rule);
+                    return;
+                }
+                // One request at a time: nothing more is read until it is answered.
+                self.server
+                    .send(ChangePassword {
+                        id: self.id,
+                        old,
+                        new,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            (Stage::User(_), ClientMessage::DeleteAccount { password }) => {
+                self.server
+                    .send(DeleteAccount {
+                        id: self.id,
+                        password,
+                    })
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
         }
     }
 

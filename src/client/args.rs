@@ -12,12 +12,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::commands::command_lines;
+use super::known_servers::Fingerprint;
 
 /// Host asked for by default: a server on this machine.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
+use crate::endpoint::PortError;
 /// The server's default port.
-pub use crate::server::config::DEFAULT_PORT;
+pub use crate::endpoint::DEFAULT_PORT;
 
 /// What `--help` adds after the flags: the chat commands (from the same table as
 /// `/help`) and scripted mode.
@@ -33,11 +35,19 @@ A line starting with '//' is sent as a message starting with '/'.
 Scripted mode: when stdin is not a terminal (a pipe or a file), nothing is asked.
 Without a saved token for the server, the first line is the name (skipped with
 --name) and the next the password; an unknown name is registered. Every further line
-is a message or a command. Messages, joins and leaves go to stdout, everything else
-to stderr. At the end of input echochat waits until the server has echoed every
-message, then exits 0; a failure exits non-zero with one line on stderr.
+is a message (to the lobby until a /join) or a command; /password takes the current
+and the new password from the next two lines, /delete-account the password from the
+next one. Messages, joins and leaves go to stdout, everything else to stderr. At the
+end of input echochat waits until the server has echoed every message, then exits 0;
+a failure exits non-zero with one line on stderr.
 
-Tokens are kept per server and account name in the token file, owner-only.",
+Tokens are kept per server and account name in the token file, owner-only.
+
+TLS: with --tls the server's certificate must be signed by a root the system trusts
+(or by --ca-file). If not, its fingerprint decides: one saved in known_servers.json
+(beside the token file) is trusted; an unknown server is asked about on a terminal
+and refused in scripted mode unless --fingerprint matches; a certificate that differs
+from the saved one is refused until --fingerprint names the new one.",
         command_lines().join("\n")
     )
 }
@@ -64,22 +74,62 @@ pub struct Args {
     #[arg(long, env = "ECHOCHAT_NAME")]
     pub name: Option<String>,
 
-    /// Where session tokens are remembered [default: DATA_DIR/echochat/tokens.json]
+    /// Where session tokens are remembered [default: DATA_DIR/echochat/tokens.json];
+    /// the known-servers file of --tls sits beside it
     #[arg(long, env = "ECHOCHAT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Connect with TLS; the certificate is verified against the system's trust roots
+    /// (or --ca-file), else by its fingerprint [env ECHOCHAT_TLS: 1/true/yes or
+    /// 0/false/no]
+    #[arg(
+        long,
+        env = "ECHOCHAT_TLS",
+        hide_env = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub tls: bool,
+
+    /// Trust only the certificates in this PEM file to verify the server (implies --tls)
+    #[arg(long, env = "ECHOCHAT_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// The server certificate's fingerprint to expect, as the server prints it
+    /// (implies --tls); a match is trusted and remembered
+    #[arg(long, env = "ECHOCHAT_FINGERPRINT", value_name = "sha256:HEX", value_parser = Fingerprint::parse)]
+    pub fingerprint: Option<Fingerprint>,
 }
 
-/// Where to connect: the host as the user typed it and a port.
+impl Args {
+    /// Whether the connection is TLS: `--tls`, or a flag that only makes sense with it.
+    pub fn wants_tls(&self) -> bool {
+        self.tls || self.ca_file.is_some() || self.fingerprint.is_some()
+    }
+}
+
+/// Where to connect: the host as the user typed it, a port, and whether over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddr {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl ServerAddr {
     /// The key under which this server's token is remembered: `host:port`, the host
-    /// lower-cased (host names are case-insensitive) and an IPv6 address bracketed.
+    /// lower-cased (host names are case-insensitive) and an IPv6 address bracketed;
+    /// `tls:host:port` over TLS, so a token got over TLS is never sent in clear.
     pub fn token_key(&self) -> String {
+        if self.tls {
+            format!("tls:{}", self.known_key())
+        } else {
+            self.known_key()
+        }
+    }
+
+    /// `host:port` as in [`ServerAddr::token_key`], without the `tls:`: the key of the
+    /// known-servers file.
+    pub fn known_key(&self) -> String {
         self.to_string().to_lowercase()
     }
 }
@@ -99,10 +149,8 @@ impl fmt::Display for ServerAddr {
 pub enum AddrError {
     #[error("'{0}' is not a host name or IP address")]
     BadHost(String),
-    #[error("'{0}' is not a number; a port is a whole number from 1 to 65535")]
-    PortNotANumber(String),
-    #[error("{0} is out of range; a port is from 1 to 65535")]
-    PortOutOfRange(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
 }
 
 /// Checks a host: an IP address (IPv6 with or without brackets) or a DNS name made of
@@ -133,14 +181,7 @@ pub fn parse_host(input: &str) -> Result<String, AddrError> {
 
 /// Checks a port: a whole number in 1..=65535.
 pub fn parse_port(input: &str) -> Result<u16, AddrError> {
-    let text = input.trim();
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(AddrError::PortNotANumber(text.to_string()));
-    }
-    match text.parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
-        _ => Err(AddrError::PortOutOfRange(text.to_string())),
-    }
+    Ok(crate::endpoint::parse_port(input)?)
 }
 
 /// clap adapter for [`parse_host`].
@@ -184,18 +225,24 @@ mod tests {
         assert_eq!(parse_port("9090"), Ok(9090));
         assert_eq!(parse_port(" 1 "), Ok(1));
         assert_eq!(parse_port("65535"), Ok(65535));
-        assert!(matches!(parse_port("0"), Err(AddrError::PortOutOfRange(_))));
+        assert!(matches!(
+            parse_port("0"),
+            Err(AddrError::Port(PortError::OutOfRange(_)))
+        ));
         assert!(matches!(
             parse_port("65536"),
-            Err(AddrError::PortOutOfRange(_))
+            Err(AddrError::Port(PortError::OutOfRange(_)))
         ));
         assert!(matches!(
             parse_port("99999999999999999999"),
-            Err(AddrError::PortOutOfRange(_))
+            Err(AddrError::Port(PortError::OutOfRange(_)))
         ));
         for junk in ["abc", "-1", "+80", "80.5", "8 0", ""] {
             assert!(
-                matches!(parse_port(junk), Err(AddrError::PortNotANumber(_))),
+                matches!(
+                    parse_port(junk),
+                    Err(AddrError::Port(PortError::NotANumber(_)))
+                ),
                 "{junk:?}"
             );
         }
@@ -206,13 +253,16 @@ mod tests {
         let v6 = ServerAddr {
             host: "::1".into(),
             port: 9090,
+            tls: false,
         };
         assert_eq!(v6.token_key(), "[::1]:9090");
         let named = ServerAddr {
             host: "Chat.Example.org".into(),
             port: 1,
+            tls: true,
         };
-        assert_eq!(named.token_key(), "chat.example.org:1");
+        assert_eq!(named.token_key(), "tls:chat.example.org:1");
+        assert_eq!(named.known_key(), "chat.example.org:1");
     }
 
     #[test]
@@ -232,7 +282,16 @@ mod tests {
         assert_eq!(args.host.as_deref(), Some("localhost"));
         assert_eq!(args.port, Some(9091));
         assert_eq!(args.name.as_deref(), Some("alice"));
+        assert!(!args.wants_tls());
         assert!(Args::try_parse_from(["echochat", "--port", "0"]).is_err());
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let args = Args::try_parse_from(["echochat", "--fingerprint", &fp]).unwrap();
+        assert!(args.wants_tls(), "--fingerprint implies TLS");
+        assert_eq!(args.fingerprint.unwrap().to_string(), fp);
+        assert!(Args::try_parse_from(["echochat", "--fingerprint", "sha256:12"]).is_err());
+        assert!(Args::try_parse_from(["echochat", "--tls"])
+            .unwrap()
+            .wants_tls());
         assert!(Args::try_parse_from(["echochat", "--port", "x"]).is_err());
     }
 }

@@ -1,6 +1,7 @@
-//! One TCP connection to the server, speaking frames of [`crate::protocol`] messages.
+//! One connection to the server, speaking frames of [`crate::protocol`] messages over
+//! any byte stream ([`Transport`]): TCP, or TLS over it ([`super::tls`]).
 //!
-//! This is the only place the client touches the socket. It cuts the stream with the
+//! This is the only place the client reads and writes frames. It cuts the stream with the
 //! shared [`FrameCodec`] (accepting frames up to [`CLIENT_MAX_FRAME`], since a history
 //! may be large). A frame of a type it does not know is skipped, so a newer server that
 //! adds message types does not break an older client; a frame that is not a JSON
@@ -53,6 +54,11 @@ pub enum ConnectionError {
     Ended(Ended),
     #[error("the server answered with an error: {}", printable(.0))]
     Refused(String),
+    #[error("TLS with {addr} failed: {why}")]
+    Tls { addr: String, why: String },
+    /// The server's certificate is not trusted; the sentence says why and what to do.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl ConnectionError {
@@ -63,6 +69,16 @@ impl ConnectionError {
             self,
             ConnectionError::TooLarge { .. } | ConnectionError::Malformed(_)
         )
+    }
+
+    /// Trying again cannot help: the server broke the protocol, or TLS failed or
+    /// found the server untrusted (the same certificate is refused again).
+    pub fn is_final(&self) -> bool {
+        self.is_protocol_violation()
+            || matches!(
+                self,
+                ConnectionError::Tls { .. } | ConnectionError::Untrusted(_)
+            )
     }
 }
 
@@ -118,8 +134,7 @@ pub enum AuthReply {
     },
 }
 
-/// The byte stream under the frames: a TCP socket today; a TLS session wrapping one
-/// fits the same place.
+/// The byte stream under the frames: a TCP socket, or a TLS session over one.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Transport for T {}
@@ -131,26 +146,26 @@ pub struct Connection {
     addr: String,
 }
 
-impl Connection {
-    /// Connects to `server`, giving up after [`CONNECT_TIMEOUT`].
-    pub async fn connect(server: &ServerAddr) -> Result<Connection, ConnectionError> {
-        let addr = server.to_string();
-        let attempt = TcpStream::connect((server.host.as_str(), server.port));
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(ConnectionError::Connect { addr, source }),
-            Err(_) => {
-                return Err(ConnectionError::Timeout {
-                    addr,
-                    secs: CONNECT_TIMEOUT.as_secs(),
-                })
-            }
-        };
-        // Chat lines are small and interactive: send them at once.
-        let _ = stream.set_nodelay(true);
-        Ok(Connection::over(Box::new(stream), addr))
-    }
+/// A TCP connection to `server`, giving up after [`CONNECT_TIMEOUT`].
+pub async fn tcp_connect(server: &ServerAddr) -> Result<TcpStream, ConnectionError> {
+    let addr = server.to_string();
+    let attempt = TcpStream::connect((server.host.as_str(), server.port));
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(ConnectionError::Connect { addr, source }),
+        Err(_) => {
+            return Err(ConnectionError::Timeout {
+                addr,
+                secs: CONNECT_TIMEOUT.as_secs(),
+            })
+        }
+    };
+    // Chat lines are small and interactive: send them at once.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
+impl Connection {
     /// Frames over an established `transport` to the server at `addr`.
     pub fn over(transport: Box<dyn Transport>, addr: String) -> Connection {
         Connection {
@@ -265,6 +280,13 @@ const KNOWN_TYPES: &[&str] = &[
     "error",
     "shutdown",
     "kicked",
+    "room",
+    "parted",
+    "member_joined",
+    "member_left",
+    "rooms",
+    "password_changed",
+    "account_deleted",
 ];
 
 /// Reads one payload: `Ok(None)` for a type this client does not know, an error for a
@@ -327,6 +349,27 @@ mod tests {
             parse(r#"{"type":"error","code":"no_such_code","message":"later"}"#).unwrap(),
             Some(ServerMessage::error(ErrorCode::Internal, "later"))
         );
+    }
+
+    #[test]
+    fn every_frame_of_rooms_and_accounts_reads() {
+        for frame in [
+            r#"{"type":"room","room":"r","members":["a"]}"#,
+            r#"{"type":"parted","room":"r"}"#,
+            r#"{"type":"member_joined","room":"r","name":"a"}"#,
+            r#"{"type":"member_left","room":"r","name":"a"}"#,
+            r#"{"type":"rooms","rooms":[{"room":"r","members":2,"member":true}]}"#,
+            r#"{"type":"password_changed","token":"t"}"#,
+            r#"{"type":"account_deleted"}"#,
+            r#"{"type":"history","direct":true,"messages":[{"type":"message","id":1,"to":"b","from":"a","text":"x","ts":1}]}"#,
+            r#"{"type":"history","with":"b","messages":[]}"#,
+            r#"{"type":"error","code":"not_member","message":"m"}"#,
+            r#"{"type":"auth_error","code":"banned","message":"spam"}"#,
+        ] {
+            assert!(parse(frame).unwrap().is_some(), "{frame}");
+        }
+        let e = parse(r#"{"type":"room","room":5}"#).unwrap_err();
+        assert!(e.is_protocol_violation(), "{e}");
     }
 
     #[test]

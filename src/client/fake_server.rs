@@ -12,6 +12,7 @@ use tokio_util::codec::Framed;
 use super::args::ServerAddr;
 use super::connection::Connection;
 use super::session::Output;
+use super::tls::Connector;
 use crate::codec::{encode_frame, FrameCodec};
 use crate::protocol::{ClientMessage, ServerMessage};
 
@@ -25,6 +26,9 @@ impl Output for Recorder {
     }
     fn notice(&mut self, line: &str) {
         self.0.lock().unwrap().push(format!("notice: {line}"));
+    }
+    fn room_changed(&mut self, room: &str) {
+        self.0.lock().unwrap().push(format!("room: {room}"));
     }
 }
 
@@ -59,8 +63,9 @@ pub async fn pair() -> (Connection, FakeServer, ServerAddr) {
     let server = ServerAddr {
         host: "127.0.0.1".into(),
         port,
+        tls: false,
     };
-    let conn = Connection::connect(&server).await.unwrap();
+    let conn = Connector::plain().connect(&server).await.unwrap();
     let (socket, _) = listener.accept().await.unwrap();
     let fake = FakeServer(Framed::new(socket, FrameCodec::new(1 << 20)));
     (conn, fake, server)

@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::args::ServerAddr;
 use super::connection::{AuthReply, Connection, ConnectionError, Ended};
 use super::display::{auth_error_sentence, name_rule, password_rule, printable};
+use super::tls::Connector;
 use super::tokens::{Saved, TokenStore};
 use super::{Exit, Notify};
 use crate::auth::{is_valid_name, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
@@ -91,9 +92,9 @@ pub async fn log_in<C: Credentials>(
         let reply = link.authenticate(&resume_request(&saved)).await?;
         match settle_resume(reply, tokens, &saved) {
             Ok(name) => return link.logged_in(name, How::Resumed),
-            Err(code) => {
+            Err((code, message)) => {
                 let who = saved.name.as_deref().or(fixed).unwrap_or("");
-                let sentence = auth_error_sentence(code, who);
+                let sentence = auth_error_sentence(code, who, &message);
                 if code == AuthErrorCode::InvalidToken {
                     // An old token is no failure: the password is the way in now.
                     (link.notify)(&sentence);
@@ -131,7 +132,7 @@ pub async fn log_in<C: Credentials>(
             name: name.clone(),
             password: password.clone(),
         };
-        let code = match link.authenticate(&login).await? {
+        let (code, message) = match link.authenticate(&login).await? {
             AuthReply::Accepted { name, token, .. } => {
                 tokens.save(&name, &token, Some(&password), false);
                 return link.logged_in(name, How::LoggedIn);
@@ -161,12 +162,12 @@ pub async fn log_in<C: Credentials>(
                         tokens.save(&name, &token, Some(&chosen), false);
                         return link.logged_in(name, How::Registered);
                     }
-                    AuthReply::Refused { code, .. } => code,
+                    AuthReply::Refused { code, message } => (code, message),
                 }
             }
-            AuthReply::Refused { code, .. } => code,
+            AuthReply::Refused { code, message } => (code, message),
         };
-        creds.refused(&auth_error_sentence(code, &name))?;
+        creds.refused(&auth_error_sentence(code, &name, &message))?;
         if fixed.is_some() && matches!(code, AuthErrorCode::InvalidName | AuthErrorCode::NameTaken)
         {
             return Err(Exit::failure("the name given with --name cannot be used"));
@@ -184,25 +185,25 @@ pub fn resume_request(saved: &Saved) -> ClientMessage {
 /// Files the answer to a `resume` in the token file, the same at login and after a
 /// reconnection: the fresh token is saved under the account's name (a token of the
 /// earlier format is filed under it now), a refused one is forgotten. `Ok` with our
-/// name when the session resumed.
+/// name when the session resumed, else the refusal's code and message.
 pub fn settle_resume(
     reply: AuthReply,
     tokens: &mut TokenStore,
     saved: &Saved,
-) -> Result<String, AuthErrorCode> {
+) -> Result<String, (AuthErrorCode, String)> {
     match reply {
         AuthReply::Accepted { name, token, .. } => {
             tokens.save(&name, &token, None, saved.name.is_none());
             Ok(name)
         }
-        AuthReply::Refused { code, .. } => {
+        AuthReply::Refused { code, message } => {
             if code == AuthErrorCode::InvalidToken {
                 match &saved.name {
                     Some(name) => tokens.forget(name),
                     None => tokens.forget_unnamed(),
                 }
             }
-            Err(code)
+            Err((code, message))
         }
     }
 }
@@ -210,6 +211,7 @@ pub fn settle_resume(
 /// The connection while logging in, replaced when the server drops it.
 pub struct Link {
     server: ServerAddr,
+    connector: Connector,
     conn: Option<Connection>,
     /// The name the server remembers for this address, from the first greeting.
     known_name: Option<String>,
@@ -219,12 +221,17 @@ pub struct Link {
 impl Link {
     /// Connects and waits for the greeting. A server that cannot be reached is the
     /// end of the run.
-    pub async fn open(server: &ServerAddr, mut notify: Notify) -> Result<Link, Exit> {
-        let (conn, known_name) = greet(server, &mut notify)
+    pub async fn open(
+        server: &ServerAddr,
+        connector: Connector,
+        mut notify: Notify,
+    ) -> Result<Link, Exit> {
+        let (conn, known_name) = greet(server, &connector, &mut notify)
             .await
             .map_err(|e| Exit::failure(e.to_string()))?;
         Ok(Link {
             server: server.clone(),
+            connector,
             conn: Some(conn),
             known_name,
             notify,
@@ -291,7 +298,7 @@ impl Link {
                 Err(e) => e,
             };
             self.conn = None;
-            if error.is_protocol_violation() {
+            if error.is_final() {
                 return Err(Exit::failure(error.to_string()));
             }
             let Some(delay) = delays.next() else {
@@ -323,7 +330,7 @@ impl Link {
     /// The connection, opened again if the server dropped it.
     async fn connection(&mut self) -> Result<&mut Connection, ConnectionError> {
         if self.conn.is_none() {
-            let (conn, _) = greet(&self.server, &mut self.notify).await?;
+            let (conn, _) = greet(&self.server, &self.connector, &mut self.notify).await?;
             self.conn = Some(conn);
         }
         self.conn.as_mut().ok_or(ConnectionError::Closed)
@@ -333,9 +340,10 @@ impl Link {
 /// Connects and waits for the greeting, explaining a long wait (a paused server).
 async fn greet(
     server: &ServerAddr,
+    connector: &Connector,
     notify: &mut Notify,
 ) -> Result<(Connection, Option<String>), ConnectionError> {
-    let mut conn = Connection::connect(server).await?;
+    let mut conn = connector.connect(server).await?;
     let welcome = match tokio::time::timeout(WELCOME_PATIENCE, conn.welcome(None)).await {
         Ok(welcome) => welcome?,
         Err(_) => {

@@ -8,12 +8,15 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`connection`] | the socket and its frames ([`connection::Transport`] is where TLS would fit) |
+//! | [`connection`] | the frames over any byte stream |
+//! | [`tls`] | TCP or TLS, and whether to trust the server's certificate |
+//! | [`known_servers`] | the trusted fingerprints, and the trust rules |
 //! | [`login`] | resume, login, register: written once, credentials supplied by the front end |
 //! | [`tokens`] | the token file, per server and account name |
 //! | [`session`] | the logged-in event loop |
 //! | [`commands`] | what a typed line means; one table of `/` commands |
-//! | [`queue`] | requests in order, says in flight and their window |
+//! | [`queue`] | requests in order, what is in flight and its window |
+//! | [`rooms`] | the current room, and what each room showed |
 //! | [`reconnect`] | getting the session back, and the backoff |
 //! | [`display`] | how events read, and the one escape for server strings |
 //!
@@ -28,13 +31,16 @@ pub mod editor;
 #[cfg(test)]
 mod fake_server;
 pub mod keys;
+pub mod known_servers;
 pub mod login;
 pub mod prompt;
 pub mod queue;
 pub mod reconnect;
+pub mod rooms;
 pub mod scripted;
 pub mod session;
 pub mod terminal;
+pub mod tls;
 pub mod tokens;
 pub mod tty;
 

@@ -1,6 +1,6 @@
 //! The questions asked before anything else, in the terminal's own line mode: host and
-//! port. The server asks its `Port [9090]: ` with [`ask_port`] too. (Once the server is
-//! known, the terminal task of `tty.rs` asks the rest.)
+//! port (the port question is shared with the server: `crate::endpoint`). (Once the
+//! server is known, the terminal task of `tty.rs` asks the rest.)
 //!
 //! Each is a plain function over a reader and a writer, so the rules (empty input takes
 //! the default, junk is refused with a one-line reason and asked again, end of input
@@ -8,50 +8,9 @@
 
 use std::io::{self, BufRead, Write};
 
-use super::args::{parse_host, parse_port};
+pub use crate::endpoint::{ask_port, ask_with_default, read_line};
 
-/// Reads one line without its line ending; `None` at end of input. Bytes that are not
-/// UTF-8 are kept as replacement characters, so junk is refused rather than fatal.
-pub fn read_line(input: &mut impl BufRead) -> io::Result<Option<String>> {
-    let mut buf = Vec::new();
-    if input.read_until(b'\n', &mut buf)? == 0 {
-        return Ok(None);
-    }
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
-    }
-    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
-}
-
-/// Asks `label [default]: ` until `parse` accepts the answer. Empty input and end of
-/// input take the default; a refused answer gets its reason on one line.
-pub fn ask_with_default<T, E: std::fmt::Display>(
-    input: &mut impl BufRead,
-    out: &mut impl Write,
-    label: &str,
-    default: T,
-    parse: impl Fn(&str) -> Result<T, E>,
-) -> io::Result<T>
-where
-    T: std::fmt::Display,
-{
-    loop {
-        write!(out, "{label} [{default}]: ")?;
-        out.flush()?;
-        let Some(line) = read_line(input)? else {
-            // The user pressed Ctrl-D: move off the prompt line and take the default.
-            writeln!(out)?;
-            return Ok(default);
-        };
-        if line.trim().is_empty() {
-            return Ok(default);
-        }
-        match parse(&line) {
-            Ok(value) => return Ok(value),
-            Err(reason) => writeln!(out, "{reason}")?,
-        }
-    }
-}
+use super::args::parse_host;
 
 /// `Host [127.0.0.1]: `
 pub fn ask_host(
@@ -60,11 +19,6 @@ pub fn ask_host(
     default: &str,
 ) -> io::Result<String> {
     ask_with_default(input, out, "Host", default.to_string(), parse_host)
-}
-
-/// `Port [9090]: `
-pub fn ask_port(input: &mut impl BufRead, out: &mut impl Write, default: u16) -> io::Result<u16> {
-    ask_with_default(input, out, "Port", default, parse_port)
 }
 
 #[cfg(test)]

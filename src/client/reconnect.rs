@@ -16,6 +16,7 @@ use super::args::ServerAddr;
 use super::connection::{Connection, ConnectionError, Ended};
 use super::display::auth_error_sentence;
 use super::login::{resume_request, settle_resume};
+use super::tls::Connector;
 use super::tokens::{Saved, TokenStore};
 use crate::protocol::AuthErrorCode;
 
@@ -101,6 +102,7 @@ pub struct Rules {
 /// Connects to `server`, waits for the greeting and resumes `name`'s session.
 pub async fn attempt(
     server: &ServerAddr,
+    connector: &Connector,
     tokens: &mut TokenStore,
     name: &str,
     rules: Rules,
@@ -114,15 +116,16 @@ pub async fn attempt(
         name: Some(name.to_string()),
         token,
     };
-    let error = match resume(server, tokens, &saved).await {
+    let error = match resume(server, connector, tokens, &saved).await {
         Ok(Ok((conn, name))) => return Attempt::Resumed(conn, name),
-        Ok(Err(AuthErrorCode::RateLimited)) => {
-            return Attempt::Retry(auth_error_sentence(AuthErrorCode::RateLimited, name))
+        // Passing trouble: a limit, or the server's storage out of reach.
+        Ok(Err((code @ (AuthErrorCode::RateLimited | AuthErrorCode::Unavailable), message))) => {
+            return Attempt::Retry(auth_error_sentence(code, name, &message))
         }
-        Ok(Err(code)) => {
+        Ok(Err((code, message))) => {
             return Attempt::GiveUp(format!(
                 "could not resume the session: {} Start echochat again to log in.",
-                auth_error_sentence(code, name)
+                auth_error_sentence(code, name, &message)
             ))
         }
         Err(error) => error,
@@ -132,6 +135,9 @@ pub async fn attempt(
             Attempt::Retry("the server is shutting down".into())
         }
         ConnectionError::Ended(ended) => Attempt::Ended(ended),
+        // The certificate changed, or TLS cannot work: the same again would fail.
+        ConnectionError::Untrusted(why) => Attempt::GiveUp(why),
+        e @ ConnectionError::Tls { .. } => Attempt::GiveUp(e.to_string()),
         e if e.is_protocol_violation() && rules.bad_frame_is_fatal => {
             Attempt::GiveUp(e.to_string())
         }
@@ -142,10 +148,11 @@ pub async fn attempt(
 /// The connection and the resume; the inner error is the server's refusal.
 async fn resume(
     server: &ServerAddr,
+    connector: &Connector,
     tokens: &mut TokenStore,
     saved: &Saved,
-) -> Result<Result<(Connection, String), AuthErrorCode>, ConnectionError> {
-    let mut conn = Connection::connect(server).await?;
+) -> Result<Result<(Connection, String), (AuthErrorCode, String)>, ConnectionError> {
+    let mut conn = connector.connect(server).await?;
     conn.welcome(Some(WELCOME_TIMEOUT)).await?;
     let reply = conn.authenticate(&resume_request(saved)).await?;
     Ok(settle_resume(reply, tokens, saved).map(|name| (conn, name)))

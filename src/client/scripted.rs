@@ -26,9 +26,11 @@ use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
 use super::display::printable;
 use super::login::{self, Credentials, How, Link};
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
+use super::tls;
 use super::tokens::{self, TokenStore};
 use super::Exit;
 use crate::auth::name_key;
+use crate::text::plural;
 
 /// Lines read ahead of the session; a large file is read as the chat goes, not at once.
 const LINE_BUFFER: usize = 256;
@@ -72,6 +74,11 @@ pub async fn run(args: Args) -> Exit {
             .clone()
             .unwrap_or_else(|| DEFAULT_HOST.to_string()),
         port: args.port.unwrap_or(DEFAULT_PORT),
+        tls: args.wants_tls(),
+    };
+    let connector = match tls::from_args(&args, Box::new(notice), None) {
+        Ok(connector) => connector,
+        Err(why) => return Exit::failure(why),
     };
     let mut tokens = TokenStore::for_server(
         args.token_file.clone(),
@@ -81,7 +88,7 @@ pub async fn run(args: Args) -> Exit {
     let mut lines = ScriptLines {
         lines: spawn_stdin_reader(),
     };
-    let mut link = match Link::open(&server, Box::new(notice)).await {
+    let mut link = match Link::open(&server, connector.clone(), Box::new(notice)).await {
         Ok(link) => link,
         Err(exit) => return exit,
     };
@@ -111,10 +118,13 @@ pub async fn run(args: Args) -> Exit {
         ping_interval: PING_INTERVAL,
         reconnect_after_shutdown: false,
         fail_on_bad_frame: true,
+        confirm: false,
     };
+    let name = logged_in.name.clone();
     let mut session = Session::new(
         logged_in.conn,
         server,
+        connector,
         tokens,
         logged_in.name,
         ScriptOutput,
@@ -130,9 +140,17 @@ pub async fn run(args: Args) -> Exit {
     let refused = session.refused();
     match outcome {
         Outcome::Quit | Outcome::LoggedOut if refused > 0 => Exit::failure(format!(
-            "{refused} message(s) were not accepted by the server"
+            "{} did not go through (see above)",
+            plural(
+                refused,
+                "message or account command",
+                "messages or account commands"
+            )
         )),
         Outcome::Quit | Outcome::LoggedOut => Exit::success(),
+        Outcome::AccountDeleted => {
+            Exit::success_with(format!("the account '{}' was deleted", printable(&name)))
+        }
         Outcome::Ended(ended) if unacknowledged == 0 => Exit::success_with(ended.to_string()),
         Outcome::Ended(ended) => {
             Exit::failure(format!("{ended} (input was left unsent or unacknowledged)"))

@@ -12,13 +12,15 @@ use std::io;
 use std::time::Duration;
 
 use super::args::{Args, ServerAddr, DEFAULT_HOST, DEFAULT_PORT};
-use super::display::printable;
+use super::display::{printable, room_label};
 use super::login::{self, Credentials, How, Link, LoggedIn};
 use super::prompt;
 use super::session::{Outcome, Output, Policy, Session, PING_INTERVAL};
+use super::tls::{self, AskTrust, Connector};
 use super::tokens::TokenStore;
 use super::tty::{Answer, SavedTerminal, Ui};
 use super::{Exit, Notify};
+use crate::protocol::LOBBY;
 
 /// A person reads the echo of their message; if it does not come, say so after this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,10 +60,16 @@ async fn run_inner(args: Args) -> Exit {
 async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
     let mut tokens =
         TokenStore::for_server(args.token_file.clone(), server.token_key(), notify(ui));
-    let mut link = match Link::open(&server, notify(ui)).await {
+    let connector = match tls::from_args(args, notify(ui), Some(ask_trust(ui))) {
+        Ok(connector) => connector,
+        Err(why) => return Exit::failure(why),
+    };
+    let mut link = match Link::open(&server, connector.clone(), notify(ui)).await {
         Ok(link) => link,
         Err(exit) => return exit,
     };
+    // A certificate that changes later, at a reconnection, is refused, not asked about.
+    connector.stop_asking().await;
     let mut prompts = Prompts { ui: ui.clone() };
     let logged_in =
         match login::log_in(&mut link, &mut tokens, args.name.as_deref(), &mut prompts).await {
@@ -69,7 +77,30 @@ async fn converse(ui: &Ui, args: &Args, server: ServerAddr) -> Exit {
             Err(exit) => return exit,
         };
     greet(ui, &logged_in, args.name.is_some());
-    chat(ui, logged_in, server, tokens).await
+    chat(ui, logged_in, server, connector, tokens).await
+}
+
+/// Asks the person whether to trust a server whose certificate nothing vouches for.
+fn ask_trust(ui: &Ui) -> AskTrust {
+    let ui = ui.clone();
+    Box::new(move |intro: Vec<String>| {
+        let ui = ui.clone();
+        Box::pin(async move {
+            for line in intro {
+                ui.print(line);
+            }
+            loop {
+                let Answer::Line(answer) = ui.ask("Trust this server? [y/N] ", false).await else {
+                    return false;
+                };
+                match answer.trim().to_lowercase().as_str() {
+                    "y" | "yes" => return true,
+                    "" | "n" | "no" => return false,
+                    _ => ui.print("Please answer y or n."),
+                }
+            }
+        })
+    })
 }
 
 /// Notices for the login and the token file: printed above the prompt.
@@ -107,7 +138,11 @@ async fn ask_server(args: &Args) -> io::Result<ServerAddr> {
                 .await?
         }
     };
-    Ok(ServerAddr { host, port })
+    Ok(ServerAddr {
+        host,
+        port,
+        tls: args.wants_tls(),
+    })
 }
 
 /// Runs a blocking prompt off the async threads.
@@ -214,12 +249,18 @@ impl Credentials for Prompts {
 
 /// The chat: the editor hands typed lines to the session, the session prints through
 /// the terminal task.
-async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenStore) -> Exit {
+async fn chat(
+    ui: &Ui,
+    logged_in: LoggedIn,
+    server: ServerAddr,
+    connector: Connector,
+    tokens: TokenStore,
+) -> Exit {
     ui.print("Type a message and press Enter; /help lists the commands.");
     // Keys typed while a saved token logged us in, with no question asked, may be
     // a name and password typed blindly: they are dropped, not sent.
     let asked = logged_in.how != How::Resumed;
-    let mut lines = ui.chat(format!("{}> ", printable(&logged_in.name)), asked);
+    let mut lines = ui.chat(chat_prompt(LOBBY, &logged_in.name), asked);
     spawn_signal_watch(ui.clone());
     let policy = Policy {
         window: 1,
@@ -229,14 +270,30 @@ async fn chat(ui: &Ui, logged_in: LoggedIn, server: ServerAddr, tokens: TokenSto
         ping_interval: PING_INTERVAL,
         reconnect_after_shutdown: true,
         fail_on_bad_frame: false,
+        confirm: true,
     };
-    let out = TerminalOutput { ui: ui.clone() };
-    let mut session = Session::new(logged_in.conn, server, tokens, logged_in.name, out, policy);
+    let out = TerminalOutput {
+        ui: ui.clone(),
+        name: logged_in.name.clone(),
+    };
+    let name = printable(&logged_in.name);
+    let mut session = Session::new(
+        logged_in.conn,
+        server,
+        connector,
+        tokens,
+        logged_in.name,
+        out,
+        policy,
+    );
     match session.run(&mut lines).await {
         Outcome::Quit => Exit::success(),
         Outcome::LoggedOut => {
             Exit::success_with("Logged out; the next start will ask for your password.")
         }
+        Outcome::AccountDeleted => Exit::success_with(format!(
+            "The account '{name}' was deleted, and its saved session forgotten. Goodbye."
+        )),
         Outcome::Ended(ended) => Exit::success_with(ended.to_string()),
         Outcome::Failed(why) => Exit::failure(why),
     }
@@ -261,9 +318,16 @@ fn spawn_signal_watch(ui: Ui) {
     });
 }
 
+/// The chat's prompt: the current room, then our name (`#lobby alice> `).
+fn chat_prompt(room: &str, name: &str) -> String {
+    format!("{} {}> ", room_label(room), printable(name))
+}
+
 /// Prints above the line being edited.
 struct TerminalOutput {
     ui: Ui,
+    /// Our name, for the prompt.
+    name: String,
 }
 
 impl Output for TerminalOutput {
@@ -273,5 +337,17 @@ impl Output for TerminalOutput {
 
     fn notice(&mut self, line: &str) {
         self.ui.print(line);
+    }
+
+    fn room_changed(&mut self, room: &str) {
+        self.ui.set_prompt(chat_prompt(room, &self.name));
+    }
+
+    fn question(&mut self, label: &str, hidden: bool) {
+        self.ui.chat_question(label, hidden);
+    }
+
+    fn questions_over(&mut self) {
+        self.ui.chat_questions_over();
     }
 }

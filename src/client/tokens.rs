@@ -363,18 +363,23 @@ fn parse(text: &str) -> Result<TokenFile, String> {
     Ok(file)
 }
 
-/// Writes the file to a temporary owner-only file beside `path`, syncs it and renames
-/// it over `path`. The folder is created owner-only if missing.
+/// Writes the token file (see [`write_private`]).
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
-    let wrap = |source: io::Error| TokenFileError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
     let file = TokenFile {
         version: FILE_VERSION,
         servers: file.servers.clone(),
     };
     let body = serde_json::to_vec_pretty(&file)?;
+    write_private(path, &body).map_err(|source| TokenFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `body` and a newline to a temporary owner-only file beside `path`, syncs it
+/// and renames it over `path`, so a crash never leaves half a file. The folder is
+/// created owner-only if missing. The known-servers file is written the same way.
+pub fn write_private(path: &Path, body: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -383,13 +388,12 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
-            .map_err(wrap)?;
+            .create(&dir)?;
     }
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tokens.json".to_string());
+        .unwrap_or_else(|| "echochat.json".to_string());
     let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut out = OpenOptions::new()
@@ -400,7 +404,7 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
             .open(&temp)?;
         // `mode` only applies to a new file; a leftover temp file must not keep wider rights.
         out.set_permissions(fs::Permissions::from_mode(0o600))?;
-        out.write_all(&body)?;
+        out.write_all(body)?;
         out.write_all(b"\n")?;
         out.sync_all()?;
         fs::rename(&temp, path)
@@ -408,7 +412,7 @@ fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
-    result.map_err(wrap)
+    result
 }
 
 #[cfg(test)]

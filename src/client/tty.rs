@@ -15,6 +15,7 @@ use std::io::{self, Write};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::asks_questions;
 use super::editor::{Edit, LineEditor};
 use super::keys::{Key, KeyDecoder};
 
@@ -57,6 +58,12 @@ enum Request {
         lines: mpsc::Sender<String>,
         keep_typeahead: bool,
     },
+    SetPrompt(String),
+    ChatQuestion {
+        label: String,
+        hidden: bool,
+    },
+    ChatQuestionsOver,
     EndChat,
     Close(oneshot::Sender<()>),
 }
@@ -120,6 +127,31 @@ impl Ui {
         receiver
     }
 
+    /// Changes the chat's prompt (the current room changed); the line being typed
+    /// stays.
+    pub fn set_prompt(&self, prompt: impl Into<String>) {
+        let _ = self.requests.send(Request::SetPrompt(prompt.into()));
+    }
+
+    /// Asks a question in the chat (a password for `/password`): the next line is
+    /// typed after `label`, unseen with `hidden`, kept out of the line history, and
+    /// handed over like any chat line. Ctrl-C or Ctrl-D hands over an empty line,
+    /// which cancels, instead of leaving the chat. Lines stay answers, typed unseen,
+    /// until [`Ui::chat_questions_over`]; a line that
+    /// [asks questions](super::commands::asks_questions) starts that at once, so keys
+    /// typed right behind it are never shown.
+    pub fn chat_question(&self, label: impl Into<String>, hidden: bool) {
+        let _ = self.requests.send(Request::ChatQuestion {
+            label: label.into(),
+            hidden,
+        });
+    }
+
+    /// The questions asked in the chat are over: lines are chat again.
+    pub fn chat_questions_over(&self) {
+        let _ = self.requests.send(Request::ChatQuestionsOver);
+    }
+
     /// Ends the chat's input as Ctrl-D would (a signal asked to quit).
     pub fn end_chat(&self) {
         let _ = self.requests.send(Request::EndChat);
@@ -145,6 +177,9 @@ enum Mode {
     Chatting {
         prompt: String,
         lines: mpsc::Sender<String>,
+        /// Questions asked in the chat: the label and whether the answer is hidden.
+        /// Lines are answers until the session says the questions are over.
+        question: Option<(String, bool)>,
     },
 }
 
@@ -231,9 +266,32 @@ impl Screen {
                     self.write("\r\x1b[KWhat was typed before the chat started was not sent.\r\n");
                 }
                 self.editor.clear();
-                self.mode = Mode::Chatting { prompt, lines };
+                self.mode = Mode::Chatting {
+                    prompt,
+                    lines,
+                    question: None,
+                };
                 self.draw();
                 self.take_keys().await;
+            }
+            Request::SetPrompt(new) => {
+                if let Mode::Chatting { prompt, .. } = &mut self.mode {
+                    *prompt = new;
+                    self.draw();
+                }
+            }
+            Request::ChatQuestion { label, hidden } => {
+                if let Mode::Chatting { question, .. } = &mut self.mode {
+                    *question = Some((label, hidden));
+                    self.editor.clear();
+                    self.draw();
+                }
+            }
+            Request::ChatQuestionsOver => {
+                if let Mode::Chatting { question, .. } = &mut self.mode {
+                    *question = None;
+                    self.draw();
+                }
             }
             Request::EndChat => {
                 if matches!(self.mode, Mode::Chatting { .. }) {
@@ -287,7 +345,37 @@ impl Screen {
                     let _ = reply.send(answer);
                 }
             }
-            (Mode::Chatting { lines, .. }, Edit::Submit(line)) => {
+            (
+                Mode::Chatting {
+                    lines, question, ..
+                },
+                edit @ (Edit::Submit(_) | Edit::EndOfInput | Edit::Interrupt),
+            ) if question.is_some() => {
+                // An answer, or a cancel: an empty line. Never kept in the history.
+                let answer = match edit {
+                    Edit::Submit(line) => line,
+                    _ => String::new(),
+                };
+                // The next question is drawn when the session asks it; until then
+                // keys stay unseen.
+                if let Some((label, hidden)) = question {
+                    label.clear();
+                    *hidden = true;
+                }
+                let lines = lines.clone();
+                self.editor.clear();
+                self.draw();
+                let _ = lines.send(answer).await;
+            }
+            (
+                Mode::Chatting {
+                    lines, question, ..
+                },
+                Edit::Submit(line),
+            ) => {
+                if asks_questions(&line) {
+                    *question = Some((String::new(), true));
+                }
                 self.editor.remember(&line);
                 let lines = lines.clone();
                 // The line shows when the server echoes it: no copy stays behind.
@@ -325,6 +413,10 @@ impl Screen {
         let drawn = match &self.mode {
             Mode::Idle => return,
             Mode::Asking { label, hidden, .. } => self.editor.render(label, *hidden, self.columns),
+            Mode::Chatting {
+                question: Some((label, hidden)),
+                ..
+            } => self.editor.render(label, *hidden, self.columns),
             Mode::Chatting { prompt, .. } => self.editor.render(prompt, false, self.columns),
         };
         self.write(&drawn);

@@ -1,6 +1,6 @@
 //! The server's command line: every flag of the contract, each also readable from an
 //! `ECHOCHAT_*` environment variable (the flag wins). The port prompt is the client's
-//! (`client::prompt::ask_port`): both binaries ask it the same way.
+//! (`endpoint::ask_port`): both binaries ask it the same way.
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Default port of the server, and the client's default too.
-pub const DEFAULT_PORT: u16 = 9090;
+use crate::server::http::{BadOrigin, Origin};
+
+pub use crate::endpoint::DEFAULT_PORT;
 
 /// How many ports are tried, starting at the given one, before giving up.
 pub const PORT_ATTEMPTS: u16 = 100;
@@ -26,6 +27,10 @@ pub enum ConfigError {
     MaxFrame(usize),
     #[error("--token-ttl must be at least 1 second")]
     TokenTtl,
+    #[error("--tls-only needs --tls-port")]
+    TlsOnlyWithoutPort,
+    #[error("--tls-cert and --tls-key go together")]
+    CertWithoutKey,
     #[error("--host {host}: cannot resolve it: {source}")]
     Unresolvable {
         host: String,
@@ -33,6 +38,12 @@ pub enum ConfigError {
     },
     #[error("--host {host}: the name has no address")]
     NoAddress { host: String },
+    #[error("--allowed-origins: {0}")]
+    AllowedOrigin(#[from] BadOrigin),
+    #[error("--trusted-proxies: {0} is not an IP address")]
+    TrustedProxy(String),
+    #[error("--http-tls needs --http-port")]
+    HttpTlsWithoutPort,
 }
 
 /// Server configuration, as parsed from flags and environment.
@@ -51,6 +62,23 @@ pub struct ServerConfig {
     /// Without it, and with stdin on a terminal, the server asks.
     #[arg(long, env = "ECHOCHAT_PORT")]
     pub port: Option<u16>,
+
+    /// Also listen with TLS on this port (the 99 after it are tried too; 0: the OS picks).
+    #[arg(long, env = "ECHOCHAT_TLS_PORT")]
+    pub tls_port: Option<u16>,
+
+    /// Listen with TLS only (needs --tls-port): no plaintext listener.
+    #[arg(long, env = "ECHOCHAT_TLS_ONLY")]
+    pub tls_only: bool,
+
+    /// PEM certificate chain for TLS (with --tls-key); without both, the server's own
+    /// self-signed certificate in <state-dir>/tls/.
+    #[arg(long, env = "ECHOCHAT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "ECHOCHAT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 
     /// Folder for users.json, history.jsonl and server.log (created if missing).
     #[arg(long, env = "ECHOCHAT_STATE_DIR", default_value = "./state")]
@@ -110,6 +138,26 @@ pub struct ServerConfig {
     /// the broadcast ring still bounds how far a reader may fall behind).
     #[arg(long, env = "ECHOCHAT_SEND_QUEUE", default_value_t = 1_048_576)]
     pub send_queue: usize,
+
+    /// Also serve the web client at `/` and the chat over a WebSocket at `/ws` on this
+    /// HTTP port (the 99 after it are tried too; 0 lets the OS pick).
+    #[arg(long, env = "ECHOCHAT_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Serve the web client over HTTPS with the server's TLS certificate (`--tls-cert`
+    /// and `--tls-key`, or the one the server makes for itself).
+    #[arg(long, env = "ECHOCHAT_HTTP_TLS")]
+    pub http_tls: bool,
+
+    /// Origins, besides the web client's own, whose pages may open the WebSocket
+    /// (comma-separated, e.g. `https://chat.example.com`).
+    #[arg(long, env = "ECHOCHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Reverse proxies (comma-separated IP addresses) whose `X-Forwarded-For` says
+    /// which client a WebSocket comes from.
+    #[arg(long, env = "ECHOCHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerConfig {
@@ -124,7 +172,42 @@ impl ServerConfig {
         if self.token_ttl == 0 {
             return Err(ConfigError::TokenTtl);
         }
+        if self.tls_only && self.tls_port.is_none() {
+            return Err(ConfigError::TlsOnlyWithoutPort);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::CertWithoutKey);
+        }
+        self.allowed_origins()?;
+        self.trusted_proxies()?;
+        if self.http_tls && self.http_port.is_none() {
+            return Err(ConfigError::HttpTlsWithoutPort);
+        }
         Ok(())
+    }
+
+    /// `--allowed-origins`, parsed (empty entries are skipped).
+    pub fn allowed_origins(&self) -> Result<Vec<Origin>, ConfigError> {
+        self.allowed_origins
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| Origin::parse(entry).map_err(ConfigError::from))
+            .collect()
+    }
+
+    /// `--trusted-proxies`, parsed (empty entries are skipped).
+    pub fn trusted_proxies(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpAddr>()
+                    .map(crate::server::http::canonical_ip)
+                    .map_err(|_| ConfigError::TrustedProxy(crate::text::quote(entry)))
+            })
+            .collect()
     }
 
     /// The address to bind: `--host` itself when it is an IP address, else the first
@@ -175,6 +258,45 @@ mod tests {
             ServerConfig::try_parse_from(["echochat-server", "--pbkdf2-rounds", "999"]).unwrap();
         assert!(config.validate().is_err());
         assert!(ServerConfig::try_parse_from(["echochat-server", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn web_flags_parse_and_validate() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["echochat-server"];
+            argv.extend(args);
+            ServerConfig::try_parse_from(argv).unwrap()
+        };
+        let config = parse(&[
+            "--http-port",
+            "8080",
+            "--allowed-origins",
+            "https://chat.example.com,http://localhost:3000",
+            "--trusted-proxies",
+            "10.0.0.1, ::ffff:10.0.0.2",
+        ]);
+        assert_eq!(config.http_port, Some(8080));
+        assert!(config.validate().is_ok());
+        assert_eq!(config.allowed_origins().unwrap().len(), 2);
+        assert_eq!(
+            config.trusted_proxies().unwrap(),
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
+        let err = parse(&["--allowed-origins", "chat.example.com"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("--allowed-origins: "), "{err}");
+        let err = parse(&["--trusted-proxies", "10.0.0.0/8"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+        assert!(parse(&["--http-tls"]).validate().is_err());
+        assert!(parse(&["--http-port", "0", "--http-tls"])
+            .validate()
+            .is_ok());
     }
 
     #[test]

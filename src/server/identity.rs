@@ -39,6 +39,9 @@ pub struct Identities {
     /// Live tokens by the hex SHA-256 digest of the token.
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Banned accounts by name key.
+    #[serde(default)]
+    pub bans: BTreeMap<String, Ban>,
     /// The sequence number of the last journal entry this content includes.
     #[serde(default)]
     pub journal_seq: u64,
@@ -76,6 +79,21 @@ pub struct Account {
     pub since_id: u64,
 }
 
+/// A ban of one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    /// The account's name as registered.
+    pub name: String,
+    /// Why, as the admin typed it (may be empty).
+    #[serde(default)]
+    pub reason: String,
+    pub since_ms: u64,
+    /// The digests of the tokens the ban revoked: a client that still holds one is told
+    /// it is banned rather than that its token is unknown.
+    #[serde(default)]
+    pub revoked: BTreeSet<String>,
+}
+
 /// What is kept of an issued token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -103,6 +121,12 @@ pub enum IdentityChange {
     RememberIp { ip: IpAddr, name: String },
     /// Forgets every token that expired by this time.
     PruneExpired { now_ms: u64 },
+    /// Replaces an account's password hash.
+    SetPassword { key: String, password_hash: String },
+    /// Bans an account (its tokens are revoked with separate changes).
+    Ban { key: String, ban: Ban },
+    /// Lifts a ban.
+    Unban { key: String },
     /// Forgets everything.
     Clear,
 }
@@ -186,6 +210,18 @@ impl Identities {
                     self.remove_token(&digest);
                 }
                 self.ips.retain(|_, name| name_key(name) != *key);
+                self.bans.remove(key);
+            }
+            IdentityChange::SetPassword { key, password_hash } => {
+                if let Some(account) = self.users.get_mut(key) {
+                    account.password_hash = password_hash.clone();
+                }
+            }
+            IdentityChange::Ban { key, ban } => {
+                self.bans.insert(key.clone(), ban.clone());
+            }
+            IdentityChange::Unban { key } => {
+                self.bans.remove(key);
             }
             IdentityChange::IssueToken { digest, record } => {
                 self.remove_token(digest);
@@ -320,6 +356,26 @@ impl Identities {
         }
         let (key, account) = self.users.get_key_value(&record.user)?;
         Some((key.as_str(), account, digest))
+    }
+
+    /// The digests of the live tokens of the account `key`.
+    pub fn tokens_of(&self, key: &str) -> Vec<String> {
+        self.index
+            .tokens_by_user
+            .get(key)
+            .map(|set| set.iter().map(|(_, d)| d.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The ban of the account `key`, if it is banned.
+    pub fn ban_of(&self, key: &str) -> Option<&Ban> {
+        self.bans.get(key)
+    }
+
+    /// The ban that revoked `token`, if one did.
+    pub fn ban_of_token(&self, token: &str) -> Option<&Ban> {
+        let digest = token_digest(token);
+        self.bans.values().find(|ban| ban.revoked.contains(&digest))
     }
 
     /// The live tokens of the account `key`.
@@ -494,6 +550,40 @@ mod tests {
         assert!(old.account("STRASSE").is_some());
         assert_eq!(old.tokens["d"].user, "strasse");
         assert_eq!(old.token_count("strasse"), 1);
+    }
+
+    #[test]
+    fn bans_passwords_and_their_tokens() {
+        let mut ids = Identities::new();
+        ids.apply(&account("Mal"));
+        let (token, digest) = issue(&mut ids, "mal", 0, 1000);
+        ids.apply(&IdentityChange::RevokeToken {
+            digest: digest.clone(),
+        });
+        ids.apply(&IdentityChange::Ban {
+            key: "mal".into(),
+            ban: Ban {
+                name: "Mal".into(),
+                reason: "spam".into(),
+                since_ms: 5,
+                revoked: [digest].into(),
+            },
+        });
+        assert_eq!(ids.ban_of("mal").unwrap().reason, "spam");
+        assert!(ids.check_token(&token, 1).is_none(), "revoked");
+        assert_eq!(ids.ban_of_token(&token).unwrap().name, "Mal");
+        ids.apply(&IdentityChange::Unban { key: "mal".into() });
+        assert!(ids.ban_of("mal").is_none());
+        assert!(ids.ban_of_token(&token).is_none());
+        ids.apply(&IdentityChange::SetPassword {
+            key: "mal".into(),
+            password_hash: "new".into(),
+        });
+        assert_eq!(ids.account("mal").unwrap().password_hash, "new");
+        issue(&mut ids, "mal", 0, 1000);
+        assert_eq!(ids.tokens_of("mal").len(), 1);
+        ids.apply(&IdentityChange::Clear);
+        assert!(ids.bans.is_empty());
     }
 
     #[test]

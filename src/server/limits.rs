@@ -17,8 +17,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `rate` tokens a second, holding at most `burst`; a zero rate means no limit.
@@ -268,46 +269,94 @@ pub fn connection_capacity() -> Option<usize> {
     Some(usize::try_from(capacity).unwrap_or(usize::MAX))
 }
 
-/// How many connections are open, against how many may be: shared by the accept loop
-/// (which takes a slot per connection) and the sessions (which give it back).
+/// How many connections are open, against how many may be, in all and per address:
+/// shared by the accept loops (which take a slot per connection, before any handshake)
+/// and the sessions (which give it back).
 #[derive(Debug, Clone)]
 pub struct ConnectionSlots {
     live: Arc<AtomicUsize>,
     capacity: usize,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip_capacity: usize,
+}
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// As many connections as the descriptors (or `--max-conns`) allow.
+    Full,
+    /// As many connections from this address as `--max-conns-per-ip` allows.
+    AddressFull,
 }
 
 impl ConnectionSlots {
-    /// Room for `capacity` connections (0: no limit).
-    pub fn new(capacity: usize) -> ConnectionSlots {
+    /// Room for `capacity` connections, `per_ip_capacity` from one address (0: no
+    /// limit).
+    pub fn new(capacity: usize, per_ip_capacity: usize) -> ConnectionSlots {
         ConnectionSlots {
             live: Arc::new(AtomicUsize::new(0)),
             capacity,
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+            per_ip_capacity,
         }
     }
 
-    /// A slot for one more connection, if there is room.
-    pub fn take(&self) -> Option<ConnectionSlot> {
+    /// A slot for one more connection from `ip`, if there is room.
+    pub fn take(&self, ip: IpAddr) -> Result<ConnectionSlot, NoSlot> {
         let taken = self.live.fetch_add(1, Ordering::AcqRel);
         if self.capacity > 0 && taken >= self.capacity {
             self.live.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(NoSlot::Full);
         }
-        Some(ConnectionSlot(self.live.clone()))
+        if self.per_ip_capacity > 0 {
+            let Ok(mut per_ip) = self.per_ip.lock() else {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                return Err(NoSlot::Full);
+            };
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.per_ip_capacity {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                return Err(NoSlot::AddressFull);
+            }
+            *count += 1;
+        }
+        Ok(ConnectionSlot {
+            slots: self.clone(),
+            ip,
+        })
     }
 
     /// Connections open now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
     }
+
+    fn give_back(&self, ip: IpAddr) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        if self.per_ip_capacity > 0 {
+            if let Ok(mut per_ip) = self.per_ip.lock() {
+                if let Some(count) = per_ip.get_mut(&ip) {
+                    *count -= 1;
+                    if *count == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// One connection's place; given back when dropped (when its session ends).
+/// One connection's place; given back when dropped (when its session ends, or its
+/// handshake fails).
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<AtomicUsize>);
+pub struct ConnectionSlot {
+    slots: ConnectionSlots,
+    ip: IpAddr,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.slots.give_back(self.ip);
     }
 }
 
@@ -317,15 +366,19 @@ mod tests {
 
     #[test]
     fn slots_are_taken_up_to_the_capacity_and_given_back() {
-        let slots = ConnectionSlots::new(2);
-        let a = slots.take().unwrap();
-        let _b = slots.take().unwrap();
-        assert!(slots.take().is_none());
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let two: IpAddr = "10.0.0.2".parse().unwrap();
+        let slots = ConnectionSlots::new(3, 2);
+        let a = slots.take(one).unwrap();
+        let _b = slots.take(one).unwrap();
+        assert_eq!(slots.take(one).unwrap_err(), NoSlot::AddressFull);
+        let _c = slots.take(two).unwrap();
+        assert_eq!(slots.take(two).unwrap_err(), NoSlot::Full);
         drop(a);
-        assert_eq!(slots.live(), 1);
-        assert!(slots.take().is_some());
-        let unlimited = ConnectionSlots::new(0);
-        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.take()).collect();
+        assert_eq!(slots.live(), 2);
+        assert!(slots.take(one).is_ok());
+        let unlimited = ConnectionSlots::new(0, 0);
+        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.take(one).ok()).collect();
         assert_eq!(held.len(), 1000);
     }
 

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::chat_server::ChatServer;
 use crate::actors::session::{Session, SessionSettings};
 use crate::log_noise;
-use crate::server::limits::ConnectionSlots;
+use crate::server::limits::{ConnectionSlot, ConnectionSlots, NoSlot};
 use crate::server::logging::Noise;
-use crate::server::outbound::SessionId;
-use crate::server::transport::Tcp;
+use crate::server::outbound::{runtime, SessionId};
+use crate::server::tls::HANDSHAKE_TIMEOUT;
+use crate::server::transport::{Tcp, Tls, Transport};
 
 /// First pause after an accept error; it doubles up to [`MAX_ACCEPT_BACKOFF`]. Running
 /// out of file descriptors is the usual cause, and it passes as connections close.
@@ -114,17 +116,61 @@ pub fn describe_ports(ports: &[u16]) -> String {
     parts.join(", ")
 }
 
+/// What the accepted connections need besides their socket: where sessions run, who
+/// they talk to, their settings, the slots they take, and ids. Shared by every
+/// listener, so session ids are unique across them.
+#[derive(Clone)]
+pub struct Sessions {
+    pub arbiters: Arc<[ArbiterHandle]>,
+    pub server: Addr<ChatServer>,
+    pub settings: Arc<SessionSettings>,
+    pub slots: ConnectionSlots,
+    pub next_id: Arc<AtomicU64>,
+}
+
+impl Sessions {
+    /// Starts a session for `transport` on the next arbiter, holding `slot`; its id, or
+    /// `None` when there is no arbiter to run it (the connection is then dropped).
+    pub fn start(
+        &self,
+        peer: SocketAddr,
+        transport: Box<dyn Transport>,
+        slot: ConnectionSlot,
+    ) -> Option<SessionId> {
+        let id: SessionId = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(arbiter) = self.arbiters.get(id as usize % self.arbiters.len().max(1)) else {
+            log::error!("no session arbiter to run connection {id}");
+            return None;
+        };
+        let server = self.server.clone();
+        let settings = self.settings.clone();
+        Session::start_in_arbiter(arbiter, move |_| {
+            Session::new(id, peer, transport, server, settings, slot)
+        });
+        Some(id)
+    }
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Wire {
+    /// The frames of §2 on plain TCP.
+    Plain,
+    /// The same frames inside TLS.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
 /// Accepts connections until `stop` is cancelled, spreading sessions round-robin over
-/// `arbiters`. Accept errors back off and retry; they never end the loop.
+/// the session arbiters. Accept errors back off and retry; they never end the loop. A
+/// connection takes its slot (against `--max-conns` and `--max-conns-per-ip`) before
+/// anything else, TLS handshake included; a TLS handshake runs on the I/O runtime and
+/// is dropped if it takes longer than [`HANDSHAKE_TIMEOUT`].
 pub async fn accept_loop(
     listener: TcpListener,
-    arbiters: Vec<ArbiterHandle>,
-    server: Addr<ChatServer>,
-    settings: Arc<SessionSettings>,
-    slots: ConnectionSlots,
+    wire: Wire,
+    sessions: Sessions,
     stop: CancellationToken,
 ) {
-    let mut next_id: SessionId = 0;
     let mut backoff = FIRST_ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
@@ -146,21 +192,28 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = slots.take() else {
-            // Closed at once: the descriptors left are for the users already in.
-            log_noise!(
-                peer.ip(),
-                Noise::Limit,
-                log::Level::Warn,
-                "connection from {peer} refused: no descriptors left for more connections"
-            );
-            drop(stream);
-            continue;
+        let slot = match sessions.slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let reason = match refusal {
+                    // The descriptors left are for the users already in.
+                    NoSlot::Full => "no room for more connections (--max-conns or descriptors)",
+                    NoSlot::AddressFull => "--max-conns-per-ip reached",
+                };
+                log_noise!(
+                    peer.ip(),
+                    Noise::Limit,
+                    log::Level::Warn,
+                    "connection from {peer} refused: {reason}"
+                );
+                drop(stream);
+                continue;
+            }
         };
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("TCP_NODELAY on {peer}: {err}");
         }
-        // The socket moves to another arbiter's reactor as a plain std socket.
+        // The socket moves to the I/O runtime's reactor as a plain std socket.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
@@ -168,19 +221,57 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        next_id += 1;
-        let id = next_id;
-        let Some(arbiter) = arbiters.get(id as usize % arbiters.len().max(1)) else {
-            log::error!("no session arbiter to run connection {id}");
-            continue;
-        };
-        let server = server.clone();
-        let settings = settings.clone();
-        Session::start_in_arbiter(arbiter, move |_| {
-            Session::new(id, peer, Box::new(Tcp(stream)), server, settings, slot)
-        });
+        match &wire {
+            Wire::Plain => {
+                sessions.start(peer, Box::new(Tcp(stream)), slot);
+            }
+            Wire::Tls(config) => {
+                let handshake = tls_handshake(stream, peer, config.clone(), sessions.clone(), slot);
+                match runtime::io_runtime() {
+                    Some(runtime) => drop(runtime.spawn(handshake)),
+                    None => drop(actix::spawn(handshake)),
+                }
+            }
+        }
     }
     log::info!("stopped accepting connections");
+}
+
+/// Completes a TLS handshake (or gives up after [`HANDSHAKE_TIMEOUT`]), then starts the
+/// connection's session.
+async fn tls_handshake(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    sessions: Sessions,
+    slot: ConnectionSlot,
+) {
+    let stream = match runtime::register_tcp(stream) {
+        Ok(stream) => stream,
+        Err(err) => {
+            log::error!("connection from {peer} unusable: {err}");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            sessions.start(peer, Box::new(Tls(tls)), slot);
+        }
+        Ok(Err(err)) => log_noise!(
+            peer.ip(),
+            Noise::BadInput,
+            log::Level::Info,
+            "TLS handshake with {peer} failed: {}",
+            crate::text::quote(&err.to_string())
+        ),
+        Err(_) => log_noise!(
+            peer.ip(),
+            Noise::Connection,
+            log::Level::Info,
+            "TLS handshake with {peer} not done within {HANDSHAKE_TIMEOUT:?}; dropped"
+        ),
+    }
 }
 
 #[cfg(test)]

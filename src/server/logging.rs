@@ -45,7 +45,14 @@ const MAX_TRACKED_ADDRESSES: usize = 10_000;
 /// cannot be opened or is not a regular file.
 pub fn init(path: &Path) -> io::Result<()> {
     let file = state_files::open_private_append(path)?;
-    Builder::from_env(Env::default().default_filter_or("info"))
+    let mut builder = Builder::new();
+    // The HTTP listener's start-up chatter (workers, services) says nothing our own
+    // lines do not; its warnings and errors still come through. `RUST_LOG` overrides.
+    builder
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("actix_server", log::LevelFilter::Warn)
+        .parse_env(Env::default());
+    builder
         .target(Target::Pipe(Box::new(LogFile(file))))
         // A file never wants colour, and skipping it skips stripping it per line.
         .write_style(WriteStyle::Never)

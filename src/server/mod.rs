@@ -1,9 +1,11 @@
 //! Everything only the server uses, beside its actors (`crate::actors`): the command
 //! line, the listening socket, outbound delivery, limits, password hashing, the log,
-//! the identities, and the files of the state folder.
+//! the identities, the files of the state folder, and browser access (`http`).
 
+pub mod cluster;
 pub mod config;
 pub mod hashing;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod listener;
@@ -12,6 +14,7 @@ pub mod outbound;
 pub mod rooms;
 mod start;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use start::{run, StartError};

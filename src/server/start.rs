@@ -1,6 +1,7 @@
 //! Start-up and the life of the process: `server::run` parses nothing (the binary
 //! does that) and does everything else: recovers the state folder, binds the port,
-//! prints `listening on <ip>:<port>` as the first stdout line, and wires the actors
+//! prints `listening on <ip>:<port>` as the first stdout line (then the TLS and HTTP
+//! listeners' lines), and wires the actors
 //! together — `ChatServer` and `Persistence` on arbiters of their own, sessions spread
 //! over one arbiter per core, the admin console on stdin, and SIGINT/SIGTERM to the same
 //! graceful shutdown as the console's `shutdown`. Every way start-up can fail is a
@@ -8,6 +9,7 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -17,10 +19,11 @@ use crate::actors::admin_console::{spawn_stdin_reader, AdminConsole};
 use crate::actors::chat_server::{ChatServer, ChatSettings, Recovered, Shutdown};
 use crate::actors::persistence::{FileStore, IdAllocator, Persistence, StatePaths, WatchHealth};
 use crate::actors::session::SessionSettings;
-use crate::client::prompt::ask_port;
+use crate::endpoint::ask_port;
 use crate::server::config::{ConfigError, ServerConfig, DEFAULT_PORT, PORT_ATTEMPTS};
+use crate::server::http::{self, HttpSettings};
 use crate::server::limits::{self, ConnectionSlots};
-use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError};
+use crate::server::listener::{self, accept_loop, bind_with_fallback, BindError, Sessions, Wire};
 use crate::server::logging;
 use crate::server::store::history_file::{
     load_history, load_reserved_ids, store_reserved_ids, ID_BLOCK, MAX_MESSAGE_ID,
@@ -28,6 +31,7 @@ use crate::server::store::history_file::{
 use crate::server::store::identity_file::{IdentityFile, LoadError};
 use crate::server::store::rooms_file::RoomsFile;
 use crate::server::store::state_files;
+use crate::server::tls::{self, CertificatePaths, Certificates, TlsError};
 use crate::text;
 
 /// Why the server could not start (or ended abnormally).
@@ -45,6 +49,8 @@ pub enum StartError {
     IdFile { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot set up the listening socket: {0}")]
     Socket(io::Error),
     #[error("cannot write to stdout: {0}")]
@@ -119,40 +125,84 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         (configured, _) => configured,
     };
 
-    let port = match config.port {
-        Some(port) => port,
-        // A console that cannot be read or written still gets the default.
-        None if std::io::stdin().is_terminal() => ask_port(
-            &mut std::io::stdin().lock(),
-            &mut std::io::stderr(),
-            DEFAULT_PORT,
-        )
-        .unwrap_or(DEFAULT_PORT),
-        None => DEFAULT_PORT,
-    };
     let host = config.bind_address()?;
     if host.to_string() != config.host {
         log::info!("--host {} resolved to {host}", text::quote(&config.host));
     }
-    let bound = bind_with_fallback(host, port, PORT_ATTEMPTS)?;
-    let listener = bound.listener;
-    let address = listener.local_addr().map_err(StartError::Socket)?;
-    listener.set_nonblocking(true).map_err(StartError::Socket)?;
+    // The certificate serves the TLS listener and, with --http-tls, the web client.
+    let certificates = match config.tls_port.is_some() || config.http_tls {
+        true => {
+            let files = CertificatePaths::new(
+                &paths.dir,
+                config.tls_cert.as_deref(),
+                config.tls_key.as_deref(),
+            );
+            if tls::ensure_own_certificate(&files, &config.host)? {
+                log::info!(
+                    "created a self-signed TLS certificate in {}",
+                    files.cert.display()
+                );
+            }
+            let loaded = tls::load(&files)?;
+            Some(Certificates::new(loaded, files))
+        }
+        false => None,
+    };
+    let plain = if config.tls_only {
+        None
+    } else {
+        let port = match config.port {
+            Some(port) => port,
+            // A console that cannot be read or written still gets the default.
+            None if std::io::stdin().is_terminal() => ask_port(
+                &mut std::io::stdin().lock(),
+                &mut std::io::stderr(),
+                DEFAULT_PORT,
+            )
+            .unwrap_or(DEFAULT_PORT),
+            None => DEFAULT_PORT,
+        };
+        Some(bind_listener(host, port)?)
+    };
+    let secure = match config.tls_port {
+        Some(port) => Some(bind_listener(host, port)?),
+        None => None,
+    };
+    let web = match config.http_port {
+        Some(port) => {
+            let (listener, address) = bind_listener(host, port)?;
+            Some((listener, address, HttpSettings::from_config(&config)?))
+        }
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {address}")
-            .and_then(|_| out.flush())
-            .map_err(StartError::Stdout)?;
+        let mut lines = Vec::new();
+        if let Some((_, address)) = &plain {
+            lines.push(format!("listening on {address}"));
+        }
+        if let (Some((_, address)), Some(certificates)) = (&secure, &certificates) {
+            lines.push(format!(
+                "listening on {address} tls {}",
+                certificates.fingerprint()
+            ));
+        }
+        if let Some((_, address, settings)) = &web {
+            lines.push(format!("listening on {address} {}", settings.scheme));
+        }
+        for line in &lines {
+            writeln!(out, "{line}").map_err(StartError::Stdout)?;
+            log::info!("{line}");
+        }
+        out.flush().map_err(StartError::Stdout)?;
     }
-    if !bound.busy.is_empty() {
-        log::warn!(
-            "port {} busy, so {} was taken instead",
-            listener::describe_ports(&bound.busy),
-            address.port()
-        );
-    }
+    let address = plain
+        .as_ref()
+        .or(secure.as_ref())
+        .map(|(_, address)| *address)
+        .ok_or(StartError::Config(ConfigError::TlsOnlyWithoutPort))?;
     log::info!(
-        "listening on {address} (state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections)",
+        "state in {}, {} accounts, next message id {next_id}, at most {max_conns} connections",
         paths.dir.display(),
         recovered.identities.users.len(),
     );
@@ -191,26 +241,109 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         persistence.do_send(WatchHealth(server.clone().recipient()));
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let session_arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
-        actix::spawn(accept_loop(
-            listener,
-            session_arbiters,
-            server.clone(),
-            Arc::new(SessionSettings::from_config(&config)),
-            ConnectionSlots::new(max_conns),
-            stop_accepting,
-        ));
+        let sessions = Sessions {
+            arbiters: (0..cores).map(|_| Arbiter::new().handle()).collect(),
+            server: server.clone(),
+            settings: Arc::new(SessionSettings::from_config(&config)),
+            slots: ConnectionSlots::new(max_conns, config.max_conns_per_ip),
+            next_id: Arc::new(AtomicU64::new(0)),
+        };
+        if let Some((listener, _, settings)) = web {
+            let workers = sessions.arbiters.len();
+            let tls = match (&certificates, config.http_tls) {
+                (Some(certificates), true) => Some(certificates.server_config()?),
+                _ => None,
+            };
+            let gateway = http::Gateway::new(settings, sessions.clone());
+            http::start(
+                listener,
+                tls,
+                gateway,
+                workers,
+                max_conns,
+                stop_accepting.clone(),
+            )
+            .map_err(StartError::Socket)?;
+        }
+        if let Some((listener, _)) = plain {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
+            actix::spawn(accept_loop(
+                listener,
+                Wire::Plain,
+                sessions.clone(),
+                stop_accepting.clone(),
+            ));
+        }
+        if let (Some((listener, _)), Some(certificates)) = (secure, &certificates) {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(StartError::Socket)?;
+            let config = certificates.server_config()?;
+            actix::spawn(accept_loop(
+                listener,
+                Wire::Tls(config),
+                sessions,
+                stop_accepting,
+            ));
+        }
 
-        let console = AdminConsole::new(server.clone(), persistence, paths.log.clone()).start();
+        let console = AdminConsole::new(
+            server.clone(),
+            persistence,
+            paths.log.clone(),
+            certificates.clone(),
+        )
+        .start();
         spawn_stdin_reader(console).map_err(StartError::Stdin)?;
         actix::spawn(shutdown_on_signals(server));
+        if let Some(certificates) = certificates {
+            actix::spawn(reload_on_hangup(certificates));
+        }
         Ok(())
     });
     started?;
     system.run().map_err(StartError::System)?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Binds `host:port` (or the next free port) for listening; logs the ports found busy.
+fn bind_listener(
+    host: std::net::IpAddr,
+    port: u16,
+) -> Result<(std::net::TcpListener, std::net::SocketAddr), StartError> {
+    let bound = bind_with_fallback(host, port, PORT_ATTEMPTS)?;
+    let listener = bound.listener;
+    let address = listener.local_addr().map_err(StartError::Socket)?;
+    listener.set_nonblocking(true).map_err(StartError::Socket)?;
+    if !bound.busy.is_empty() {
+        log::warn!(
+            "port {} busy, so {} was taken instead",
+            listener::describe_ports(&bound.busy),
+            address.port()
+        );
+    }
+    Ok((listener, address))
+}
+
+/// SIGHUP reads the TLS certificate again (as a renewal tool asks), keeping the old one
+/// if the files cannot be used.
+async fn reload_on_hangup(certificates: Arc<Certificates>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        log::error!("cannot install the SIGHUP handler; use the console's reload-tls");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let certificates = certificates.clone();
+        match tokio::task::spawn_blocking(move || certificates.reload()).await {
+            Ok(Ok(fingerprint)) => log::info!("SIGHUP: TLS certificate reloaded: {fingerprint}"),
+            Ok(Err(err)) => {
+                log::error!("SIGHUP: TLS certificate not reloaded, the old one stays: {err}")
+            }
+            Err(err) => log::error!("SIGHUP: TLS certificate not reloaded: {err}"),
+        }
+    }
 }
 
 /// SIGINT and SIGTERM shut down gracefully; a second one ends the process at once.

@@ -86,3 +86,21 @@ impl Transport for Tcp {
         })
     }
 }
+
+/// A TLS connection whose handshake is done (on the I/O runtime).
+pub struct Tls(pub tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl Transport for Tls {
+    fn open(self: Box<Self>, max_frame: usize) -> io::Result<Opened> {
+        use std::os::unix::io::AsRawFd;
+        let reset = Some(self.0.get_ref().0.as_raw_fd());
+        let (reader, writer) = tokio::io::split(self.0);
+        let frames = FramedRead::with_capacity(reader, FrameCodec::new(max_frame), READ_BUFFER)
+            .map(Inbound::from);
+        Ok(Opened {
+            inbound: Box::pin(frames),
+            writer: Box::new(writer),
+            reset,
+        })
+    }
+}

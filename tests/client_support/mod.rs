@@ -1,7 +1,8 @@
 //! Helpers for the client's black-box tests: the `echochat` binary on a
 //! pseudo-terminal whose output is kept both as raw bytes and as a screen (a vt100
 //! emulator, so a test sees what a person would), and a fake server that writes
-//! whatever frames a test wants, hostile ones included.
+//! whatever frames a test wants, hostile ones included, over TCP or TLS (with
+//! certificates made for the test).
 //!
 //! Every process is killed when its handle drops.
 
@@ -269,6 +270,78 @@ impl Tty {
     }
 }
 
+/// A certificate for a TLS fake server: its chain, its key, the fingerprint of its
+/// leaf as the server prints it, and (when a test CA signed it) that CA in PEM.
+#[derive(Clone)]
+pub struct TestCert {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key_der: Vec<u8>,
+    pub fingerprint: String,
+    pub ca_pem: Option<String>,
+}
+
+impl TestCert {
+    /// Self-signed, for `127.0.0.1` and `localhost`, as the server makes its own.
+    pub fn self_signed() -> TestCert {
+        let made = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .expect("a self-signed certificate");
+        TestCert::new(
+            made.cert.der().clone(),
+            made.signing_key.serialize_der(),
+            None,
+        )
+    }
+
+    /// Signed by a CA made for the test (its PEM in `ca_pem`).
+    pub fn signed_by_a_ca() -> TestCert {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "echochat test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        TestCert::new(leaf.der().clone(), key.serialize_der(), Some(ca.pem()))
+    }
+
+    fn new(
+        leaf: rustls::pki_types::CertificateDer<'static>,
+        key_der: Vec<u8>,
+        ca_pem: Option<String>,
+    ) -> TestCert {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(leaf.as_ref());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        TestCert {
+            chain: vec![leaf],
+            key_der,
+            fingerprint: format!("sha256:{hex}"),
+            ca_pem,
+        }
+    }
+
+    /// A rustls server configuration presenting this certificate.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)
+            .expect("a usable test certificate");
+        Arc::new(config)
+    }
+}
+
 /// A server that speaks whatever a test makes it speak. Each connection runs
 /// `handler(index, conn)` on its own thread; connection times are recorded.
 pub struct FakeServer {
@@ -278,6 +351,24 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(handler: impl Fn(usize, FakeConn) + Send + Sync + 'static) -> FakeServer {
+        FakeServer::start_with(|_| None, handler)
+    }
+
+    /// Every connection over TLS with `cert`.
+    pub fn start_tls(
+        cert: &TestCert,
+        handler: impl Fn(usize, FakeConn) + Send + Sync + 'static,
+    ) -> FakeServer {
+        let config = cert.server_config();
+        FakeServer::start_with(move |_| Some(Arc::clone(&config)), handler)
+    }
+
+    /// Connection `index` over TLS with `tls(index)`'s configuration, or plain TCP
+    /// when it gives none (a server whose certificate changes, or that stops TLS).
+    pub fn start_with(
+        tls: impl Fn(usize) -> Option<Arc<rustls::ServerConfig>> + Send + 'static,
+        handler: impl Fn(usize, FakeConn) + Send + Sync + 'static,
+    ) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -288,7 +379,11 @@ impl FakeServer {
                 let Ok(stream) = stream else { continue };
                 times.lock().unwrap().push(Instant::now());
                 let handler = Arc::clone(&handler);
-                thread::spawn(move || handler(index, FakeConn::new(stream)));
+                let conn = match tls(index) {
+                    None => FakeConn::new(stream),
+                    Some(config) => FakeConn::tls(stream, config),
+                };
+                thread::spawn(move || handler(index, conn));
             }
         });
         FakeServer { port, accepted }
@@ -304,9 +399,54 @@ impl FakeServer {
     }
 }
 
+/// The byte stream of a fake connection: TCP, or TLS over it (the handshake happens
+/// at the first read or write).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.socket().set_read_timeout(timeout)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// The server's end of one connection.
 pub struct FakeConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
@@ -314,7 +454,16 @@ impl FakeConn {
     fn new(stream: TcpStream) -> FakeConn {
         stream.set_nodelay(true).ok();
         FakeConn {
-            stream,
+            stream: Stream::Plain(stream),
+            buf: Vec::new(),
+        }
+    }
+
+    fn tls(stream: TcpStream, config: Arc<rustls::ServerConfig>) -> FakeConn {
+        stream.set_nodelay(true).ok();
+        let session = rustls::ServerConnection::new(config).expect("a TLS session");
+        FakeConn {
+            stream: Stream::Tls(Box::new(rustls::StreamOwned::new(session, stream))),
             buf: Vec::new(),
         }
     }

@@ -238,9 +238,15 @@ impl TestServer {
                 server.stderr_text()
             );
         };
+        // `listening on IP:PORT`, or with `--tls-only` the TLS line
+        // `listening on IP:PORT tls sha256:HEX`.
         let addr = line
             .strip_prefix("listening on ")
-            .and_then(|rest| rest.parse::<SocketAddr>().ok())
+            .and_then(|rest| {
+                let (address, suffix) = rest.split_once(' ').unwrap_or((rest, ""));
+                let well_formed = suffix.is_empty() || suffix.starts_with("tls sha256:");
+                address.parse::<SocketAddr>().ok().filter(|_| well_formed)
+            })
             .unwrap_or_else(|| panic!("first stdout line is not `listening on IP:PORT`: {line:?}"));
         server.addr = addr;
         server.first_line = line;

@@ -30,6 +30,15 @@ pub enum Command {
         room: String,
         text: String,
     },
+    /// `ban NAME [REASON]`.
+    Ban {
+        name: String,
+        reason: String,
+    },
+    Unban(String),
+    Bans,
+    /// Read the TLS certificate files again.
+    ReloadTls,
     Shutdown,
 }
 
@@ -70,6 +79,10 @@ commands:
   kick NAME         disconnect a user, telling them why
   say TEXT          a message from 'server' in lobby
   rooms             every room, its members and who of them is online
+  ban NAME [REASON] keep an account out (its connections are closed)
+  unban NAME        lift a ban
+  bans              the banned accounts, why and since when
+  reload-tls        read the TLS certificate and key again (also: SIGHUP)
   say-in ROOM TEXT  a message from 'server' in a room
   shutdown          stop the server (also: exit, quit)";
 
@@ -129,6 +142,39 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, ConsoleError> {
         )),
         "say" => Ok(Some(Command::Announce(rest.to_string()))),
         "rooms" => no_args(Command::Rooms, "rooms"),
+        "bans" => no_args(Command::Bans, "bans"),
+        "reload-tls" => no_args(Command::ReloadTls, "reload-tls"),
+        "ban" | "unban" => {
+            let usage_text = if word == "ban" {
+                "ban NAME [REASON]"
+            } else {
+                "unban NAME"
+            };
+            let mut parts = rest.splitn(2, char::is_whitespace);
+            let Some(name) = parts.next().filter(|n| !n.is_empty()) else {
+                return Err(usage(usage_text, "the name is missing".into()));
+            };
+            let reason = parts.next().unwrap_or("").trim();
+            if word == "unban" {
+                if !reason.is_empty() {
+                    return Err(usage(
+                        usage_text,
+                        format!("one name, without spaces; got '{}'", quote(rest)),
+                    ));
+                }
+                return Ok(Some(Command::Unban(name.to_string())));
+            }
+            if reason.chars().count() > MAX_TEXT_CHARS {
+                return Err(usage(
+                    usage_text,
+                    format!("at most {MAX_TEXT_CHARS} characters of reason"),
+                ));
+            }
+            Ok(Some(Command::Ban {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            }))
+        }
         "say-in" => {
             let usage_text = "say-in ROOM TEXT";
             let Some((room, text)) = rest.split_once(char::is_whitespace) else {
@@ -187,6 +233,22 @@ mod tests {
             assert_eq!(parse(word), Ok(Some(Command::Shutdown)));
         }
         assert_eq!(parse("rooms"), Ok(Some(Command::Rooms)));
+        assert_eq!(parse("bans"), Ok(Some(Command::Bans)));
+        assert_eq!(
+            parse("ban mal  spam, and worse "),
+            Ok(Some(Command::Ban {
+                name: "mal".into(),
+                reason: "spam, and worse".into()
+            }))
+        );
+        assert_eq!(
+            parse("ban mal"),
+            Ok(Some(Command::Ban {
+                name: "mal".into(),
+                reason: String::new()
+            }))
+        );
+        assert_eq!(parse("unban mal"), Ok(Some(Command::Unban("mal".into()))));
         assert_eq!(
             parse("say-in Ops  hello  all "),
             Ok(Some(Command::AnnounceIn {
@@ -244,6 +306,9 @@ mod tests {
                 "usage: say-in ROOM TEXT (the text is missing)",
             ),
             ("rooms all", "usage: rooms (it takes no argument"),
+            ("ban", "usage: ban NAME [REASON] (the name is missing)"),
+            ("unban", "usage: unban NAME (the name is missing)"),
+            ("unban a b", "usage: unban NAME (one name"),
         ] {
             let text = shown(line);
             assert!(text.starts_with(start), "{line:?}: {text}");

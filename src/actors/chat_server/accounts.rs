@@ -108,8 +108,16 @@ impl ChatServer {
     /// A valid token always logs in: checking one is cheap, so the guess limiter is
     /// asked only about tokens that fail.
     fn resume(&mut self, id: SessionId, ip: IpAddr, token: &str) -> AuthOutcome {
+        if let Some(ban) = self.identities.ban_of_token(token) {
+            let message = ban_sentence(&ban.reason);
+            return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+        }
         if let Some((key, account, digest)) = self.identities.check_token(token, unix_ms()) {
             let (key, name) = (key.to_string(), account.name.clone());
+            if let Some(ban) = self.identities.ban_of(&key) {
+                let message = ban_sentence(&ban.reason);
+                return self.refuse_with(id, ip, AuthErrorCode::Banned, message);
+            }
             // Spent by this use.
             self.note_identities(vec![IdentityChange::RevokeToken { digest }]);
             return self.complete_login(id, &key, &name, false);
@@ -139,6 +147,16 @@ impl ChatServer {
             return Box::pin(fut::ready(self.refuse(id, ip, AuthErrorCode::UnknownUser)));
         };
         let (key, stored) = (key.clone(), account.password_hash.clone());
+        // Banned whatever the password: nothing to check, nothing to count.
+        if let Some(ban) = self.identities.ban_of(&key) {
+            let message = ban_sentence(&ban.reason);
+            return Box::pin(fut::ready(self.refuse_with(
+                id,
+                ip,
+                AuthErrorCode::Banned,
+                message,
+            )));
+        }
         if self.limits.guesses_by_account.exceeded(&key, now) {
             log_noise!(
                 ip,
@@ -163,6 +181,10 @@ impl ChatServer {
                 match (verdict, current) {
                     (_, None) => act.refuse(id, ip, AuthErrorCode::UnknownUser),
                     (Some(Ok(true)), Some(account)) if account.password_hash == stored => {
+                        if let Some(ban) = act.identities.ban_of(&key) {
+                            let message = ban_sentence(&ban.reason);
+                            return act.refuse_with(id, ip, AuthErrorCode::Banned, message);
+                        }
                         act.complete_login(id, &key, &account.name, false)
                     }
                     (Some(Ok(_)), Some(_)) => {
@@ -368,21 +390,18 @@ impl ChatServer {
     /// A refused authentication: logged and answered. (Whether it counts against a
     /// limit is for the caller to say.)
     fn refuse(&mut self, id: SessionId, ip: IpAddr, code: AuthErrorCode) -> AuthOutcome {
-        let message = match code {
-            AuthErrorCode::UnknownUser => "no account has that name".to_string(),
-            AuthErrorCode::BadPassword => "wrong password".to_string(),
-            AuthErrorCode::NameTaken => {
-                "that name (or one that looks like it) is taken".to_string()
-            }
-            AuthErrorCode::InvalidToken => "the token is unknown, spent or expired".to_string(),
-            AuthErrorCode::InvalidName => names::name_rule(),
-            AuthErrorCode::InvalidPassword => auth::password_rule(),
-            AuthErrorCode::RateLimited => {
-                "too many attempts; wait a while and try again".to_string()
-            }
-            AuthErrorCode::Banned => "this account is banned".to_string(),
-            AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
-        };
+        let message = refusal_sentence(code);
+        self.refuse_with(id, ip, code, message)
+    }
+
+    /// [`refuse`](Self::refuse) with a message of its own.
+    fn refuse_with(
+        &mut self,
+        id: SessionId,
+        ip: IpAddr,
+        code: AuthErrorCode,
+        message: String,
+    ) -> AuthOutcome {
         if code == AuthErrorCode::RateLimited {
             log_noise!(
                 ip,
@@ -408,6 +427,30 @@ impl ChatServer {
         pending_keys(name)
             .iter()
             .any(|k| self.pending_names.contains(k))
+    }
+}
+
+/// The message of an `auth_error` of `code`.
+fn refusal_sentence(code: AuthErrorCode) -> String {
+    match code {
+        AuthErrorCode::UnknownUser => "no account has that name".to_string(),
+        AuthErrorCode::BadPassword => "wrong password".to_string(),
+        AuthErrorCode::NameTaken => "that name (or one that looks like it) is taken".to_string(),
+        AuthErrorCode::InvalidToken => "the token is unknown, spent or expired".to_string(),
+        AuthErrorCode::InvalidName => names::name_rule(),
+        AuthErrorCode::InvalidPassword => auth::password_rule(),
+        AuthErrorCode::RateLimited => "too many attempts; wait a while and try again".to_string(),
+        AuthErrorCode::Banned => "this account is banned".to_string(),
+        AuthErrorCode::Unavailable => "accounts cannot be checked right now".to_string(),
+    }
+}
+
+/// What a banned account is told.
+pub(super) fn ban_sentence(reason: &str) -> String {
+    if reason.is_empty() {
+        "this account is banned from this server".to_string()
+    } else {
+        format!("this account is banned from this server: {reason}")
     }
 }
 

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use super::ChatServer;
 use crate::names::{name_key, SERVER_NAME};
 use crate::protocol::{ServerMessage, LOBBY};
-use crate::server::identity::IdentityChange;
+use crate::server::identity::{Ban, IdentityChange};
 use crate::server::rooms::RoomChange;
 use crate::server::store::StoreError;
 use crate::text::plural;
@@ -167,6 +167,147 @@ impl Handler<Kick> for ChatServer {
             );
         }
         kicked
+    }
+}
+
+/// Why a console `ban` or `unban` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error("no account is called {0}")]
+    UnknownAccount(String),
+    #[error("{0} is not banned")]
+    NotBanned(String),
+    #[error("{0} is already banned")]
+    AlreadyBanned(String),
+    #[error("banned in memory but not saved: {0}")]
+    NotSaved(#[from] StoreError),
+}
+
+/// Ban an account: it can no longer authenticate, its tokens are revoked, its
+/// connections are told `kicked` and closed. Answers the account's name as registered
+/// and how many connections were closed.
+#[derive(Message)]
+#[rtype(result = "Result<(String, usize), BanError>")]
+pub struct BanAccount {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Handler<BanAccount> for ChatServer {
+    type Result = ResponseFuture<Result<(String, usize), BanError>>;
+
+    fn handle(&mut self, msg: BanAccount, _: &mut Self::Context) -> Self::Result {
+        let shown = crate::text::quote(&msg.name);
+        let Some((key, account)) = self.identities.find(&msg.name) else {
+            return Box::pin(async move { Err(BanError::UnknownAccount(shown)) });
+        };
+        let (key, name) = (key.clone(), account.name.clone());
+        if self.identities.ban_of(&key).is_some() {
+            return Box::pin(async move { Err(BanError::AlreadyBanned(shown)) });
+        }
+        let revoked = self.identities.tokens_of(&key);
+        let mut changes: Vec<IdentityChange> = revoked
+            .iter()
+            .map(|digest| IdentityChange::RevokeToken {
+                digest: digest.clone(),
+            })
+            .collect();
+        changes.push(IdentityChange::Ban {
+            key: key.clone(),
+            ban: Ban {
+                name: name.clone(),
+                reason: msg.reason.clone(),
+                since_ms: crate::server::unix_ms(),
+                revoked: revoked.into_iter().collect(),
+            },
+        });
+        for change in &changes {
+            self.identities.apply(change);
+        }
+        let saved = self.store.record_identities(changes, true);
+        let frame = super::encode(&ServerMessage::Kicked {
+            message: super::accounts::ban_sentence(&msg.reason),
+        });
+        let mut closed = 0;
+        for (_, peer) in self.connections.of_user(&key) {
+            if let Some(frame) = &frame {
+                peer.handle.outbox.send(frame.clone());
+            }
+            peer.handle.outbox.close();
+            closed += 1;
+        }
+        log::warn!(
+            "{} banned by the admin ({}): {}",
+            name,
+            plural(closed, "connection closed", "connections closed"),
+            crate::text::quote(&msg.reason)
+        );
+        Box::pin(async move {
+            if let Some(saved) = saved {
+                saved.await?;
+            }
+            Ok((name, closed))
+        })
+    }
+}
+
+/// Lift a ban.
+#[derive(Message)]
+#[rtype(result = "Result<(), BanError>")]
+pub struct UnbanAccount {
+    pub name: String,
+}
+
+impl Handler<UnbanAccount> for ChatServer {
+    type Result = ResponseFuture<Result<(), BanError>>;
+
+    fn handle(&mut self, msg: UnbanAccount, _: &mut Self::Context) -> Self::Result {
+        let shown = crate::text::quote(&msg.name);
+        let Some(key) = self.identities.find(&msg.name).map(|(k, _)| k.clone()) else {
+            return Box::pin(async move { Err(BanError::UnknownAccount(shown)) });
+        };
+        if self.identities.ban_of(&key).is_none() {
+            return Box::pin(async move { Err(BanError::NotBanned(shown)) });
+        }
+        let change = IdentityChange::Unban { key: key.clone() };
+        self.identities.apply(&change);
+        let saved = self.store.record_identities(vec![change], true);
+        log::warn!("{key} unbanned by the admin");
+        Box::pin(async move {
+            if let Some(saved) = saved {
+                saved.await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One line of the console's `bans`.
+#[derive(Debug, Clone)]
+pub struct BanSummary {
+    pub name: String,
+    pub reason: String,
+    pub since_ms: u64,
+}
+
+/// The bans, sorted by name key.
+#[derive(Message)]
+#[rtype(result = "Vec<BanSummary>")]
+pub struct ListBans;
+
+impl Handler<ListBans> for ChatServer {
+    type Result = Vec<BanSummary>;
+
+    fn handle(&mut self, _: ListBans, _: &mut Self::Context) -> Vec<BanSummary> {
+        self.identities
+            .bans
+            .values()
+            .map(|ban| BanSummary {
+                name: ban.name.clone(),
+                reason: ban.reason.clone(),
+                since_ms: ban.since_ms,
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,1021 @@
+//! Cluster mode's durable state and fan-out on NATS JetStream (SPEC §11), as a plain
+//! async layer with no actors: [`Cluster::connect`] sets up the stream and buckets
+//! and starts this node's followers; its methods are the operations a node needs; and
+//! the node hears every change made anywhere as a [`ClusterEvent`].
+//!
+//! - Every chat message is one message of the stream `<name>_messages` (subjects
+//!   `<name>.msg.r.<room>` and `<name>.msg.d.<uid>.<uid>`); its stream sequence is its
+//!   `id`, so ids are one increasing sequence across the cluster, and a publish is
+//!   acknowledged only once JetStream has stored it. Each node reads the stream with
+//!   one ordered consumer, indexes it ([`index`]) and passes every new message on in
+//!   stream order.
+//! - Accounts, look-alike claims, tokens, IP identifications, bans, rooms and
+//!   memberships are key-value buckets ([`layout::Bucket`]); registration, room
+//!   creation and joining are create-only writes, spending a token is a delete that
+//!   names the revision it read (compare-and-set), so two nodes racing never both win.
+//!   Each node follows every bucket and hears every change ([`StateChange`]).
+//! - Presence: each node beats its users online into `<name>_presence` every few
+//!   seconds; a node that stops is judged gone after a timeout ([`presence`]).
+//! - `<name>.admin` (core NATS) carries what concerns connections only (`kick`).
+//!
+//! See `docs/cluster.md` for the design and what each guarantee rests on.
+
+mod follow;
+
+pub mod events;
+pub mod index;
+pub mod layout;
+pub mod presence;
+pub mod records;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::ChatMessage;
+use crate::server::unix_ms;
+use crate::text;
+
+pub use self::events::{ClusterEvent, NewMessage, Snapshot, StateChange};
+pub use self::index::HistoryOf;
+pub use self::layout::{BadClusterName, Bucket, Layout, Scope};
+pub use self::presence::{NodeInfo, PresenceChange};
+pub use self::records::{
+    AccountRecord, AdminCommand, AdminEnvelope, BanRecord, ClaimRecord, ConnectionRef,
+    MemberRecord, RoomRecord, StoredBody, TokenEntry,
+};
+
+use self::index::MessageIndex;
+use self::layout::{claim_keys, ip_key, member_key, token};
+use self::presence::PresenceBoard;
+use self::records::{ClearedRecord, IpRecord};
+
+/// The default `--cluster-name`.
+pub const DEFAULT_CLUSTER_NAME: &str = "echochat";
+
+/// A claim on a name older than this whose account does not exist was left by a
+/// registration that never finished (a node died between the two writes): it may be
+/// taken over.
+const STALE_CLAIM: Duration = Duration::from_secs(30);
+
+/// Direct gets in flight for one history page.
+const PAGE_FETCHES: usize = 32;
+
+/// How a node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated (`--nats`).
+    pub url: String,
+    /// `--cluster-name`: prefixes every stream, bucket and subject.
+    pub name: String,
+    /// What this node is called in `status` (e.g. host and process id).
+    pub label: String,
+    /// How often this node beats its presence.
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is gone, and its users with it.
+    pub node_timeout: Duration,
+    /// How long one NATS operation may take before it fails as unavailable.
+    pub op_timeout: Duration,
+    /// Newest messages kept in memory for history.
+    pub cache: usize,
+    /// Replicas of the stream and buckets (1 for a single NATS server; 3 for a NATS
+    /// cluster, so that losing a NATS server loses nothing).
+    pub replicas: usize,
+}
+
+impl ClusterConfig {
+    /// The defaults, for the NATS at `url` and the cluster `name`: beats every 5 s,
+    /// nodes gone after 20 s of silence (so a dead node's users are `left` within
+    /// 30 s), operations failing after 5 s.
+    pub fn new(url: &str, name: &str) -> ClusterConfig {
+        ClusterConfig {
+            url: url.to_string(),
+            name: name.to_string(),
+            label: format!("pid {}", std::process::id()),
+            heartbeat: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(20),
+            op_timeout: Duration::from_secs(5),
+            cache: 8192,
+            replicas: 1,
+        }
+    }
+}
+
+/// Why a node could not join the cluster; each is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("--cluster-name: {0}")]
+    Name(#[from] BadClusterName),
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "NATS at {url}: cannot set up {what}: {reason} (is JetStream enabled, nats-server -js?)"
+    )]
+    Setup {
+        url: String,
+        what: String,
+        reason: String,
+    },
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Another write came first: the name is taken, the token was spent, the record
+    /// changed since it was read.
+    #[error("another node changed it first")]
+    Conflict,
+    /// There is no such record.
+    #[error("not found")]
+    NotFound,
+    /// NATS cannot be reached now (or did not answer in time): answer `unavailable`.
+    #[error("NATS unavailable: {0}")]
+    Unavailable(String),
+    /// NATS refused the write itself (a value too large, a key it does not take).
+    #[error("refused by NATS: {0}")]
+    Refused(String),
+    /// A stored value could not be read.
+    #[error("unreadable record: {0}")]
+    Corrupt(String),
+}
+
+/// A chat message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Where it goes: a room key, or the two account ids of a direct message.
+    pub scope: Scope,
+    /// The MESSAGE without its id (`room` or `to` as shown to users).
+    pub body: StoredBody,
+}
+
+/// What a deleted account leaves behind, as this node knows it (its view may miss a
+/// token issued elsewhere in the last moment: tokens name their account's id, so one
+/// left behind never logs anyone in).
+#[derive(Debug, Clone, Default)]
+pub struct Belongings {
+    /// Digests of its tokens.
+    pub tokens: Vec<String>,
+    /// Addresses identified as it.
+    pub ips: Vec<IpAddr>,
+    /// Keys of the rooms it is a member of.
+    pub rooms: Vec<String>,
+}
+
+/// A node's handle on the cluster; cheap to clone. See the module documentation.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    config: ClusterConfig,
+    node: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    messages: stream::Stream,
+    buckets: HashMap<Bucket, kv::Store>,
+    index: Mutex<MessageIndex>,
+    presence: Mutex<PresenceBoard>,
+    /// Wakes the heartbeat to beat now (this node's users changed, NATS came back).
+    beat_now: Notify,
+    available: watch::Receiver<bool>,
+    stop: CancellationToken,
+}
+
+/// What [`Cluster::connect`] gives: the handle, the state found, and the events that
+/// follow it.
+pub struct Joined {
+    pub cluster: Cluster,
+    pub snapshot: Snapshot,
+    pub events: mpsc::Receiver<ClusterEvent>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unavailable(err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unavailable(err.to_string())
+}
+
+fn from_create(err: kv::CreateError) -> ClusterError {
+    match err.kind() {
+        kv::CreateErrorKind::AlreadyExists => ClusterError::Conflict,
+        kv::CreateErrorKind::InvalidKey => ClusterError::Refused(err.to_string()),
+        _ => unavailable(err),
+    }
+}
+
+fn from_update(err: kv::UpdateError) -> ClusterError {
+    match err.kind() {
+        kv::UpdateErrorKind::WrongLastRevision => ClusterError::Conflict,
+        kv::UpdateErrorKind::InvalidKey => ClusterError::Refused(err.to_string()),
+        _ => unavailable(err),
+    }
+}
+
+fn from_put(err: kv::PutError) -> ClusterError {
+    match err.kind() {
+        kv::PutErrorKind::InvalidKey => ClusterError::Refused(err.to_string()),
+        _ => unavailable(err),
+    }
+}
+
+fn from_entry(err: kv::EntryError) -> ClusterError {
+    match err.kind() {
+        kv::EntryErrorKind::InvalidKey => ClusterError::Refused(err.to_string()),
+        _ => unavailable(err),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, ClusterError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ClusterError::Refused(e.to_string()))
+}
+
+fn decode_value<T: serde::de::DeserializeOwned>(
+    what: &str,
+    value: &[u8],
+) -> Result<T, ClusterError> {
+    serde_json::from_slice(value).map_err(|e| ClusterError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A live value and its revision.
+type Revised<T> = Option<(T, u64)>;
+
+impl Cluster {
+    /// Connects to NATS, creates the stream and buckets of `config.name` if they are
+    /// missing (or binds to them), reads the message stream into this node's index and
+    /// every bucket into the [`Snapshot`], and starts following. Must run inside a
+    /// tokio runtime: the followers are spawned there and run until
+    /// [`close`](Self::close). Fails at once, with one line, when NATS cannot be
+    /// reached.
+    pub async fn connect(config: ClusterConfig) -> Result<Joined, ConnectError> {
+        let layout = Layout::new(&config.name)?;
+        let url = text::quote(&config.url);
+        let (available_tx, available) = watch::channel(false);
+        let available_tx = Arc::new(available_tx);
+        let events_tx = Arc::clone(&available_tx);
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("echochat {}", config.label))
+            .connection_timeout(config.op_timeout)
+            .request_timeout(Some(config.op_timeout))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100u64 << attempts.min(4)).min(1000))
+            })
+            .event_callback(move |event| {
+                let tx = Arc::clone(&events_tx);
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tx.send_replace(true);
+                        }
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            tx.send_replace(false);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|err| ConnectError::Unreachable {
+                url: url.clone(),
+                reason: err.to_string(),
+            })?;
+        available_tx.send_replace(true);
+
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.op_timeout)
+            .build(client.clone());
+        let setup = |what: String, reason: String| ConnectError::Setup {
+            url: url.clone(),
+            what,
+            reason,
+        };
+        let stream_config = stream::Config {
+            name: layout.message_stream(),
+            subjects: vec![layout.message_subjects()],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            allow_direct: true,
+            description: Some("echochat: every chat message; sequence = id".into()),
+            ..Default::default()
+        };
+        let messages = js
+            .get_or_create_stream(stream_config)
+            .await
+            .map_err(|e| setup(format!("stream {}", layout.message_stream()), e.to_string()))?;
+        let mut buckets = HashMap::new();
+        for bucket in Bucket::ALL {
+            let store = open_bucket(&js, &layout, bucket, &config)
+                .await
+                .map_err(|e| setup(format!("bucket {}", layout.bucket(bucket)), e))?;
+            buckets.insert(bucket, store);
+        }
+
+        let node = records::new_uid()[..16].to_string();
+        let board = PresenceBoard::new(&node, &config.label, unix_ms(), config.node_timeout);
+        let inner = Arc::new(Inner {
+            index: Mutex::new(MessageIndex::new(config.cache)),
+            presence: Mutex::new(board),
+            layout,
+            config,
+            node,
+            client,
+            js,
+            messages,
+            buckets,
+            beat_now: Notify::new(),
+            available,
+            stop: CancellationToken::new(),
+        });
+        let (events, receiver) = mpsc::channel(4096);
+
+        let last_id = last_present(inner.messages.cached_info());
+        let (indexed, index_ready) = oneshot::channel();
+        tokio::spawn(follow::messages(
+            Arc::clone(&inner),
+            last_id,
+            indexed,
+            events.clone(),
+        ));
+        let (snapshot_tx, snapshot_rx) = oneshot::channel();
+        let mut targets = HashMap::new();
+        for bucket in follow::FOLLOWED {
+            if let Some(store) = inner.buckets.get(&bucket) {
+                targets.insert(bucket, last_present(store.stream.cached_info()));
+            }
+        }
+        tokio::spawn(follow::state(
+            Arc::clone(&inner),
+            targets,
+            snapshot_tx,
+            events,
+        ));
+        tokio::spawn(follow::heartbeat(Arc::clone(&inner)));
+        let lost = |what: &str| ConnectError::Unreachable {
+            url: url.clone(),
+            reason: format!("lost while reading {what}"),
+        };
+        index_ready.await.map_err(|_| lost("the message stream"))?;
+        let mut snapshot = snapshot_rx.await.map_err(|_| lost("the buckets"))?;
+        snapshot.last_message_id = lock(&inner.index).last();
+        Ok(Joined {
+            cluster: Cluster { inner },
+            snapshot,
+            events: receiver,
+        })
+    }
+
+    /// This node's id (random, new at every start).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The cluster's names.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Whether NATS is connected now.
+    pub fn is_available(&self) -> bool {
+        *self.inner.available.borrow()
+    }
+
+    /// Follows [`is_available`](Self::is_available).
+    pub fn availability(&self) -> watch::Receiver<bool> {
+        self.inner.available.clone()
+    }
+
+    fn ensure_available(&self) -> Result<(), ClusterError> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(ClusterError::Unavailable("not connected to NATS".into()))
+        }
+    }
+
+    fn bucket(&self, bucket: Bucket) -> Result<&kv::Store, ClusterError> {
+        self.inner
+            .buckets
+            .get(&bucket)
+            .ok_or_else(|| ClusterError::Unavailable(format!("no bucket {}", bucket.suffix())))
+    }
+
+    /// The live value under `key` and its revision (`None` if absent or deleted).
+    async fn entry<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> Result<Revised<T>, ClusterError> {
+        self.ensure_available()?;
+        let entry = self.bucket(bucket)?.entry(key).await.map_err(from_entry)?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let what = format!("{} {}", bucket.suffix(), text::quote(key));
+                Ok(Some((decode_value(&what, &entry.value)?, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn create<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, ClusterError> {
+        self.ensure_available()?;
+        let value = encode(value)?;
+        self.bucket(bucket)?
+            .create(key, value)
+            .await
+            .map_err(from_create)
+    }
+
+    async fn update<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<u64, ClusterError> {
+        self.ensure_available()?;
+        let value = encode(value)?;
+        self.bucket(bucket)?
+            .update(key, value, revision)
+            .await
+            .map_err(from_update)
+    }
+
+    async fn put<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, ClusterError> {
+        self.ensure_available()?;
+        let value = encode(value)?;
+        self.bucket(bucket)?.put(key, value).await.map_err(from_put)
+    }
+
+    async fn delete(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        revision: Option<u64>,
+    ) -> Result<(), ClusterError> {
+        self.ensure_available()?;
+        self.bucket(bucket)?
+            .delete_expect_revision(key, revision)
+            .await
+            .map_err(from_update)
+    }
+
+    // ----- accounts -----
+
+    /// Registers `record` under `key` (its name key) if neither the name nor any of
+    /// its look-alike keys (`confusables`, from `names::confusable_keys`) is held by
+    /// another account: every key is claimed with a create-only write, then the
+    /// account itself; whoever loses any of these races undoes its claims and gets
+    /// [`ClusterError::Conflict`] (`name_taken`). Durable once it returns.
+    pub async fn register_account(
+        &self,
+        key: &str,
+        confusables: &[String],
+        record: &AccountRecord,
+    ) -> Result<u64, ClusterError> {
+        let claim = ClaimRecord {
+            owner: key.to_string(),
+            uid: record.uid.clone(),
+            at_ms: unix_ms(),
+        };
+        let mut held: Vec<(String, u64)> = Vec::new();
+        let mut outcome = Ok(0);
+        for claim_key in claim_keys(confusables) {
+            match self.claim(&claim_key, &claim).await {
+                Ok(revision) => held.push((claim_key, revision)),
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            outcome = self.create(Bucket::Accounts, &token(key), record).await;
+        }
+        if outcome.is_err() {
+            for (claim_key, revision) in held {
+                // Best effort: a claim left behind goes stale and is taken over.
+                self.delete(Bucket::Names, &claim_key, Some(revision))
+                    .await
+                    .ok();
+            }
+        }
+        outcome
+    }
+
+    /// Claims `claim_key` for `claim`, taking over a stale claim.
+    async fn claim(&self, claim_key: &str, claim: &ClaimRecord) -> Result<u64, ClusterError> {
+        match self.create(Bucket::Names, claim_key, claim).await {
+            Err(ClusterError::Conflict) => {}
+            other => return other,
+        }
+        let Some((held, revision)) = self.entry::<ClaimRecord>(Bucket::Names, claim_key).await?
+        else {
+            // Deleted in between: try once more.
+            return self.create(Bucket::Names, claim_key, claim).await;
+        };
+        if held.uid == claim.uid {
+            return Ok(revision);
+        }
+        let young = claim.at_ms.saturating_sub(held.at_ms) < STALE_CLAIM.as_millis() as u64;
+        if young || self.owner_exists(&held).await? {
+            return Err(ClusterError::Conflict);
+        }
+        self.update(Bucket::Names, claim_key, claim, revision).await
+    }
+
+    async fn owner_exists(&self, claim: &ClaimRecord) -> Result<bool, ClusterError> {
+        let account = self
+            .entry::<AccountRecord>(Bucket::Accounts, &token(&claim.owner))
+            .await?;
+        Ok(account.is_some_and(|(a, _)| a.uid == claim.uid))
+    }
+
+    /// The account with name key `key`, read from NATS (not this node's view), with
+    /// its revision.
+    pub async fn account(&self, key: &str) -> Result<Revised<AccountRecord>, ClusterError> {
+        self.entry(Bucket::Accounts, &token(key)).await
+    }
+
+    /// Replaces the account `key` if it is still at `revision` (compare-and-set: a
+    /// password changed on two nodes at once changes once; the other gets
+    /// [`ClusterError::Conflict`]). Returns the new revision.
+    pub async fn update_account(
+        &self,
+        key: &str,
+        record: &AccountRecord,
+        revision: u64,
+    ) -> Result<u64, ClusterError> {
+        self.update(Bucket::Accounts, &token(key), record, revision)
+            .await
+    }
+
+    /// Deletes the account `key` whose id is `uid`, with what it leaves behind: its
+    /// tokens, memberships and IP identifications first, then the account, then its
+    /// name claims (so the name is free only once the rest is gone). Durable once it
+    /// returns. [`ClusterError::NotFound`] if there is no such account (already
+    /// deleted, or the name now belongs to another).
+    pub async fn delete_account(
+        &self,
+        key: &str,
+        uid: &str,
+        confusables: &[String],
+        belongings: &Belongings,
+    ) -> Result<(), ClusterError> {
+        let Some((account, revision)) = self.account(key).await? else {
+            return Err(ClusterError::NotFound);
+        };
+        if account.uid != uid {
+            return Err(ClusterError::NotFound);
+        }
+        self.revoke_tokens(&belongings.tokens).await?;
+        for room in &belongings.rooms {
+            self.delete(Bucket::Members, &member_key(room, key), None)
+                .await?;
+        }
+        for ip in &belongings.ips {
+            if let Some((held, rev)) = self.entry::<IpRecord>(Bucket::Ips, &ip_key(*ip)).await? {
+                if crate::names::name_key(&held.name) == key {
+                    match self.delete(Bucket::Ips, &ip_key(*ip), Some(rev)).await {
+                        Ok(()) | Err(ClusterError::Conflict) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+        self.delete(Bucket::Accounts, &token(key), Some(revision))
+            .await?;
+        for claim_key in claim_keys(confusables) {
+            if let Some((held, rev)) = self.entry::<ClaimRecord>(Bucket::Names, &claim_key).await? {
+                if held.uid == uid {
+                    match self.delete(Bucket::Names, &claim_key, Some(rev)).await {
+                        Ok(()) | Err(ClusterError::Conflict) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- tokens -----
+
+    /// Records a token (by digest). Durable once it returns.
+    pub async fn issue_token(&self, digest: &str, entry: &TokenEntry) -> Result<(), ClusterError> {
+        self.put(Bucket::Tokens, digest, entry).await.map(|_| ())
+    }
+
+    /// The token `digest`, read from NATS, if it is live at `now_ms`.
+    pub async fn token(
+        &self,
+        digest: &str,
+        now_ms: u64,
+    ) -> Result<Option<TokenEntry>, ClusterError> {
+        let entry = self.entry::<TokenEntry>(Bucket::Tokens, digest).await?;
+        Ok(entry
+            .map(|(token, _)| token)
+            .filter(|t| t.expires_ms > now_ms))
+    }
+
+    /// Spends the token `digest` (a `resume`): deletes it naming the revision read,
+    /// so of any number of nodes spending one token at once exactly one gets it back;
+    /// the others get [`ClusterError::Conflict`]. [`ClusterError::NotFound`] for a
+    /// token unknown, spent or expired at `now_ms`. The caller still checks that the
+    /// account exists with the token's `uid`.
+    pub async fn spend_token(&self, digest: &str, now_ms: u64) -> Result<TokenEntry, ClusterError> {
+        let Some((token, revision)) = self.entry::<TokenEntry>(Bucket::Tokens, digest).await?
+        else {
+            return Err(ClusterError::NotFound);
+        };
+        self.delete(Bucket::Tokens, digest, Some(revision)).await?;
+        if token.expires_ms <= now_ms {
+            return Err(ClusterError::NotFound);
+        }
+        Ok(token)
+    }
+
+    /// Forgets tokens (logout, eviction, a ban, a password change). Durable once it
+    /// returns.
+    pub async fn revoke_tokens(&self, digests: &[String]) -> Result<(), ClusterError> {
+        futures_util::stream::iter(digests)
+            .map(|digest| self.delete(Bucket::Tokens, digest, None))
+            .buffer_unordered(PAGE_FETCHES)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
+    }
+
+    // ----- IP identifications, bans -----
+
+    /// Records that `name` last authenticated from `ip`.
+    pub async fn remember_ip(&self, ip: IpAddr, name: &str) -> Result<(), ClusterError> {
+        let record = IpRecord {
+            name: name.to_string(),
+        };
+        self.put(Bucket::Ips, &ip_key(ip), &record)
+            .await
+            .map(|_| ())
+    }
+
+    /// Forgets the identification of `ip`.
+    pub async fn forget_ip(&self, ip: IpAddr) -> Result<(), ClusterError> {
+        self.delete(Bucket::Ips, &ip_key(ip), None).await
+    }
+
+    /// Bans the account `key` (every node hears it as [`StateChange::Ban`] and closes
+    /// that account's connections; revoke its tokens with
+    /// [`revoke_tokens`](Self::revoke_tokens)).
+    pub async fn ban(&self, key: &str, ban: &BanRecord) -> Result<(), ClusterError> {
+        self.put(Bucket::Bans, &token(key), ban).await.map(|_| ())
+    }
+
+    /// Lifts the ban of `key`; [`ClusterError::NotFound`] if there is none.
+    pub async fn unban(&self, key: &str) -> Result<(), ClusterError> {
+        let Some((_, revision)) = self.entry::<BanRecord>(Bucket::Bans, &token(key)).await? else {
+            return Err(ClusterError::NotFound);
+        };
+        match self.delete(Bucket::Bans, &token(key), Some(revision)).await {
+            Err(ClusterError::Conflict) => Err(ClusterError::NotFound),
+            other => other,
+        }
+    }
+
+    /// `clear-ids`: forgets every account, name claim, token, IP identification, ban
+    /// and membership (rooms and history stay). Every node hears
+    /// [`ClusterEvent::Cleared`], this one included. Durable once it returns.
+    pub async fn clear_identities(&self) -> Result<(), ClusterError> {
+        self.ensure_available()?;
+        for bucket in Bucket::CLEARED {
+            self.bucket(bucket)?
+                .stream
+                .purge()
+                .await
+                .map_err(unavailable)?;
+        }
+        let record = ClearedRecord {
+            at_ms: unix_ms(),
+            by: self.inner.node.clone(),
+        };
+        self.put(Bucket::Meta, "cleared", &record).await.map(|_| ())
+    }
+
+    // ----- rooms -----
+
+    /// Creates the room `key`; [`ClusterError::Conflict`] if it exists (created first
+    /// elsewhere: use that one's name).
+    pub async fn create_room(&self, key: &str, room: &RoomRecord) -> Result<(), ClusterError> {
+        self.create(Bucket::Rooms, &token(key), room)
+            .await
+            .map(|_| ())
+    }
+
+    /// The room `key`, read from NATS.
+    pub async fn room(&self, key: &str) -> Result<Option<RoomRecord>, ClusterError> {
+        Ok(self
+            .entry::<RoomRecord>(Bucket::Rooms, &token(key))
+            .await?
+            .map(|(room, _)| room))
+    }
+
+    /// Makes `member` (name key `user`) a member of room `room`: `true` if it was not
+    /// one (announce `member_joined`), `false` if it already was. A membership left
+    /// by a deleted account of the same name is replaced.
+    pub async fn join(
+        &self,
+        room: &str,
+        user: &str,
+        member: &MemberRecord,
+    ) -> Result<bool, ClusterError> {
+        let key = member_key(room, user);
+        match self.create(Bucket::Members, &key, member).await {
+            Ok(_) => return Ok(true),
+            Err(ClusterError::Conflict) => {}
+            Err(err) => return Err(err),
+        }
+        match self.entry::<MemberRecord>(Bucket::Members, &key).await? {
+            Some((held, _)) if held.uid == member.uid => Ok(false),
+            Some((_, revision)) => self
+                .update(Bucket::Members, &key, member, revision)
+                .await
+                .map(|_| true),
+            None => self
+                .create(Bucket::Members, &key, member)
+                .await
+                .map(|_| true),
+        }
+    }
+
+    /// Ends the membership of `user` in `room`: `true` if there was one.
+    pub async fn part(&self, room: &str, user: &str) -> Result<bool, ClusterError> {
+        let key = member_key(room, user);
+        let Some((_, revision)) = self.entry::<MemberRecord>(Bucket::Members, &key).await? else {
+            return Ok(false);
+        };
+        match self.delete(Bucket::Members, &key, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(ClusterError::Conflict) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    // ----- messages -----
+
+    /// Stores a chat message; returns its id (the stream sequence) once JetStream has
+    /// stored it. Deliver it when it comes back as [`ClusterEvent::Message`] (every
+    /// node, this one too, delivers in stream order). An error means it may or may
+    /// not have been stored (an acknowledgement lost with the connection): if it was,
+    /// it arrives as an event like any other.
+    pub async fn publish(&self, message: &Outgoing) -> Result<u64, ClusterError> {
+        self.ensure_available()?;
+        let subject = match &message.scope {
+            Scope::Room(room) => self.inner.layout.room_subject(room),
+            Scope::Direct(a, b) => self.inner.layout.direct_subject(a, b),
+        };
+        let payload = encode(&message.body)?;
+        let refused = |err: jetstream::context::PublishError| match err.kind() {
+            jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                ClusterError::Refused(err.to_string())
+            }
+            _ => unavailable(err),
+        };
+        let ack = self
+            .inner
+            .js
+            .publish(subject, payload)
+            .await
+            .map_err(refused)?
+            .await
+            .map_err(refused)?;
+        Ok(ack.sequence)
+    }
+
+    /// Up to `limit` messages of `of` with ids below `before` (the latest without it),
+    /// oldest first: the ids come from this node's index, the messages from its cache
+    /// or one direct get each, so a page costs the same however long the history is.
+    /// The index holds what this node has received, so a page never shows a message
+    /// before it was delivered here.
+    pub async fn history(
+        &self,
+        of: &HistoryOf,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ClusterError> {
+        let (ids, mut found) = {
+            let index = lock(&self.inner.index);
+            let ids = index.page(of, before, limit);
+            let found: HashMap<u64, ChatMessage> = ids
+                .iter()
+                .filter_map(|id| index.cached(*id).map(|m| (*id, m.clone())))
+                .collect();
+            (ids, found)
+        };
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !found.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            self.ensure_available()?;
+            let fetched: Vec<Option<ChatMessage>> = futures_util::stream::iter(missing)
+                .map(|id| self.fetch(id))
+                .buffered(PAGE_FETCHES)
+                .try_collect()
+                .await?;
+            for message in fetched.into_iter().flatten() {
+                found.insert(message.id, message);
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// The stored message `id` (`None` if it is gone or unreadable).
+    async fn fetch(&self, id: u64) -> Result<Option<ChatMessage>, ClusterError> {
+        let stream = &self.inner.messages;
+        let got = if stream.cached_info().config.allow_direct {
+            stream.direct_get(id).await.map_err(|err| {
+                if err.kind() == stream::DirectGetErrorKind::NotFound {
+                    None
+                } else {
+                    Some(unavailable(err))
+                }
+            })
+        } else {
+            stream.get_raw_message(id).await.map_err(|err| {
+                if err.kind() == stream::RawMessageErrorKind::NoMessageFound {
+                    None
+                } else {
+                    Some(unavailable(err))
+                }
+            })
+        };
+        let message = match got {
+            Ok(message) => message,
+            Err(None) => return Ok(None),
+            Err(Some(err)) => return Err(err),
+        };
+        match serde_json::from_slice::<StoredBody>(&message.payload) {
+            Ok(body) => Ok(Some(body.with_id(id))),
+            Err(err) => {
+                log::warn!("message {id} in the stream is unreadable: {err}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The highest message id this node has received.
+    pub fn last_message_id(&self) -> u64 {
+        lock(&self.inner.index).last()
+    }
+
+    // ----- presence -----
+
+    /// One more connection of the user `key` on this node; `Some(Online)` if this is
+    /// their first anywhere (announce `joined`). Never waits: the heartbeat tells the
+    /// other nodes.
+    pub fn user_connected(&self, key: &str, name: &str) -> Option<PresenceChange> {
+        let change = lock(&self.inner.presence).connected(key, name);
+        self.inner.beat_now.notify_one();
+        change
+    }
+
+    /// One connection fewer of `key` on this node; `Some(Offline)` if it was their
+    /// last anywhere (announce `left`).
+    pub fn user_disconnected(&self, key: &str) -> Option<PresenceChange> {
+        let change = lock(&self.inner.presence).disconnected(key);
+        self.inner.beat_now.notify_one();
+        change
+    }
+
+    /// Everyone online anywhere: (name key, name), by name key.
+    pub fn online(&self) -> Vec<(String, String)> {
+        lock(&self.inner.presence).online()
+    }
+
+    /// Whether `key` is online anywhere.
+    pub fn is_online(&self, key: &str) -> bool {
+        lock(&self.inner.presence).is_online(key)
+    }
+
+    /// The nodes alive, this one first.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        lock(&self.inner.presence).nodes()
+    }
+
+    // ----- admin -----
+
+    /// Sends `command` to every other node (core NATS: nodes cut off from NATS right
+    /// now miss it; what must not be missed is in the buckets). Carry it out on this
+    /// node yourself.
+    pub async fn broadcast(&self, command: AdminCommand) -> Result<(), ClusterError> {
+        self.ensure_available()?;
+        let envelope = AdminEnvelope {
+            origin: self.inner.node.clone(),
+            command,
+        };
+        self.inner
+            .client
+            .publish(self.inner.layout.admin_subject(), encode(&envelope)?)
+            .await
+            .map_err(unavailable)?;
+        self.inner.client.flush().await.map_err(unavailable)
+    }
+
+    /// The message index's size: messages indexed and the highest id (for `status`
+    /// and measurements).
+    pub fn indexed(&self) -> (u64, u64) {
+        let index = lock(&self.inner.index);
+        (index.count(), index.last())
+    }
+
+    /// Leaves the cluster: removes this node's presence (its users are `left` at once
+    /// on the other nodes) and stops the followers.
+    pub async fn close(&self) {
+        if let Some(store) = self.inner.buckets.get(&Bucket::Presence) {
+            if self.is_available() {
+                store.delete(&self.inner.node).await.ok();
+            }
+        }
+        self.inner.stop.cancel();
+        self.inner.client.flush().await.ok();
+    }
+}
+
+/// The sequence of the last message a stream holds (0 when it holds none: after a
+/// purge the last sequence given stays, with no message left to read up to).
+fn last_present(info: &stream::Info) -> u64 {
+    if info.state.messages == 0 {
+        0
+    } else {
+        info.state.last_sequence
+    }
+}
+
+/// Creates `bucket` (history 1; presence entries expire) or binds to it if another
+/// node did.
+async fn open_bucket(
+    js: &jetstream::Context,
+    layout: &Layout,
+    bucket: Bucket,
+    config: &ClusterConfig,
+) -> Result<kv::Store, String> {
+    let name = layout.bucket(bucket);
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let max_age = if bucket == Bucket::Presence {
+        // Entries of a dead node vanish by themselves; nodes judge sooner.
+        config.node_timeout + Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    // The stream a key-value bucket is, written out rather than through
+    // `create_key_value`, whose account query expects fields NATS 2.9 does not send.
+    let created = js
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(format!("echochat {}", bucket.suffix())),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    // Bound through `get_key_value` either way: another node may have created it in
+    // between.
+    let outcome = created.map(|_| ()).map_err(|e| e.to_string());
+    js.get_key_value(&name)
+        .await
+        .map_err(|err| outcome.err().unwrap_or_else(|| err.to_string()))
+}
