@@ -39,8 +39,13 @@ async fn run_load(bench: &mut Bench, phase: Phase, mode: SendMode) -> Result<Mea
     let senders = bench.opts.senders.clamp(1, clients);
     let accounts = bench.take_accounts(clients);
     let connecting = std::time::Instant::now();
-    let (conns, accounts) =
-        open_sessions(bench.addr, accounts, CONNECT_PARALLELISM, CONNECT_LIMIT).await?;
+    let (conns, accounts) = open_sessions(
+        &bench.endpoint,
+        accounts,
+        CONNECT_PARALLELISM,
+        CONNECT_LIMIT,
+    )
+    .await?;
     bench.return_accounts(accounts);
     bench.say(
         phase,

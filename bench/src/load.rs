@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::conn::{decode_frame, parse_server_message, Conn, READ_CHUNK};
+use crate::conn::{decode_frame, parse_server_message, Conn, WriteHalf, READ_CHUNK};
 
 /// Start of every MESSAGE payload the server builds (serde writes the tag first, then
 /// the fields in declaration order).
@@ -383,6 +383,13 @@ async fn next_tick(ticker: &mut Option<Interval>) {
     }
 }
 
+/// Writes `out` and flushes it (over TLS the last record may otherwise wait in the
+/// session; over TCP the flush does nothing).
+async fn write_out(writer: &mut WriteHalf<'_>, out: &[u8]) -> std::io::Result<()> {
+    writer.write_all(out).await?;
+    writer.flush().await
+}
+
 /// The task of one connection: read everything, count, stamp, send as the role says.
 async fn run_connection(
     conn: Conn,
@@ -442,7 +449,7 @@ async fn run_connection(
 
     if window > 0 {
         queue_says(&mut out, window as u64, &template, &shared);
-        if writer.write_all(&out).await.is_err() {
+        if write_out(&mut writer, &out).await.is_err() {
             shared.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -533,7 +540,7 @@ async fn run_connection(
                     let top_up = (window - in_flight) as u64;
                     if top_up > 0 {
                         queue_says(&mut out, top_up, &template, &shared);
-                        if writer.write_all(&out).await.is_err() {
+                        if write_out(&mut writer, &out).await.is_err() {
                             shared.lost.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
@@ -552,7 +559,7 @@ async fn run_connection(
                 let count = due.saturating_sub(sent).min(MAX_CATCH_UP);
                 if count > 0 {
                     queue_says(&mut out, count, &template, &shared);
-                    if writer.write_all(&out).await.is_err() {
+                    if write_out(&mut writer, &out).await.is_err() {
                         shared.lost.fetch_add(1, Ordering::Relaxed);
                         return;
                     }

@@ -13,6 +13,7 @@
 //! | `paging` | [`paging`] | start-up and memory on a long history; latency of a page from its middle |
 //! | `memory` | [`memory`] | server RSS per idle authenticated connection |
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
+//! | `tls` | [`tls`] | fan-out and resume rate over TLS beside plaintext, on the same server |
 //!
 //! ```text
 //! cargo build --release --workspace
@@ -30,7 +31,7 @@
 //! The reference server has no `resume`, so its resume phase logs in with `login`
 //! (which it answers exactly like any authentication) and its history is empty;
 //! `--reference-resumes` sends it `resume` instead, for a variant that answers it.
-//! The rooms, paging, memory and storm phases run on echochat only.
+//! The rooms, paging, memory, storm and tls phases run on echochat only.
 //!
 //! Each figure is printed as a plain `phase: ...` line when measured, and again in a
 //! summary at the end. The generator shares the machine with the server, so it runs on a
@@ -49,6 +50,7 @@ mod resume;
 mod rooms;
 mod server;
 mod storm;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -58,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
-use crate::conn::Account;
+use crate::conn::{Account, Endpoint};
 use crate::error::{BenchError, Result};
 use crate::server::{ServerKind, ServerLaunch, ServerProcess};
 
@@ -76,6 +78,7 @@ pub enum Phase {
     Paging,
     Memory,
     Storm,
+    Tls,
 }
 
 impl Phase {
@@ -89,6 +92,7 @@ impl Phase {
             Phase::Paging,
             Phase::Memory,
             Phase::Storm,
+            Phase::Tls,
         ]
     }
 
@@ -102,6 +106,7 @@ impl Phase {
             Phase::Paging => "paging",
             Phase::Memory => "memory",
             Phase::Storm => "storm",
+            Phase::Tls => "tls",
         }
     }
 }
@@ -112,8 +117,8 @@ impl Phase {
     name = "echochat-bench",
     version,
     about = "Load generator for the echochat server: fan-out throughput, delivery latency, \
-             rooms, resume rate, paging through a long history, memory per connection and \
-             latency under a login storm"
+             rooms, resume rate, paging through a long history, memory per connection, \
+             latency under a login storm, and what TLS costs"
 )]
 pub struct Options {
     /// Benchmark a running server at HOST:PORT (loopback only) instead of starting one.
@@ -224,6 +229,10 @@ pub struct Options {
     /// Storm phase: messages per second of that chat load.
     #[arg(long, default_value_t = 200.0, value_parser = positive_number)]
     pub storm_rate: f64,
+    /// TLS phase: rounds, each measuring fan-out and resumes over plaintext and over
+    /// TLS (alternating which goes first).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tls_rounds: u32,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -246,7 +255,10 @@ pub struct Bench {
     /// `--reference-resumes`).
     pub resumes: bool,
     pub opts: Options,
-    pub addr: SocketAddr,
+    /// Where the phases connect (plain TCP, except inside the tls phase).
+    pub endpoint: Endpoint,
+    /// The same server's TLS listener, when the benchmark started it with one.
+    pub tls: Option<Endpoint>,
     /// Whose memory the memory phase reads, if known.
     pub server_pid: Option<u32>,
     /// How to start another server (the storm needs one with default rounds); `None`
@@ -403,6 +415,7 @@ fn open_target(
             },
             pbkdf2_rounds: Some(BENCH_PBKDF2_ROUNDS),
             extra_args: opts.server_arg.clone(),
+            tls: kind == ServerKind::Echochat && opts.phase.contains(&Phase::Tls),
         }),
         None => None,
     };
@@ -428,11 +441,19 @@ fn open_target(
         ),
         None => println!("echochat-bench: target {addr}"),
     }
+    let tls = match server.as_ref().and_then(|s| s.tls.clone()) {
+        Some((tls_addr, fingerprint)) => {
+            println!("echochat-bench: TLS at {tls_addr} too, certificate {fingerprint}");
+            Some(Endpoint::tls(tls_addr, fingerprint)?)
+        }
+        None => None,
+    };
     let bench = Bench {
         label,
         resumes: kind == ServerKind::Echochat || opts.reference_resumes,
         opts: opts.clone(),
-        addr,
+        endpoint: Endpoint::plain(addr),
+        tls,
         server_pid,
         // The storm phase starts a second echochat server: never a reference one.
         launch: launch.filter(|l| l.kind == ServerKind::Echochat),
@@ -455,6 +476,7 @@ async fn run_phase(bench: &mut Bench, phase: Phase) -> bool {
         Phase::Paging => paging::run(bench).await,
         Phase::Memory => memory::run(bench).await,
         Phase::Storm => storm::run(bench).await,
+        Phase::Tls => tls::run(bench).await,
     };
     match result {
         Ok(()) => true,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use echochat::protocol::{ClientMessage, HistoryEntry, ServerMessage};
 use tokio::task::JoinSet;
 
-use crate::conn::{open_chains, open_session, parse_server_message, Account, Conn};
+use crate::conn::{open_chains, open_session, parse_server_message, Account, Conn, Endpoint};
 use crate::error::{within, BenchError, Result};
 use crate::load::new_histogram;
 use crate::server::{fresh_state_dir, rss_kib, CpuMark, ServerProcess};
@@ -182,7 +182,7 @@ async fn next_page(conn: &mut Conn) -> Result<(ServerMessage, Instant)> {
 /// Phase: start-up time and memory on a long history, and page latency.
 pub async fn run(bench: &mut Bench) -> Result<()> {
     let phase = Phase::Paging;
-    let Some(launch) = bench.launch.clone() else {
+    let Some(mut launch) = bench.launch.clone() else {
         bench.say(
             phase,
             "skipped: it starts a server of its own on a generated history (not with --target)",
@@ -216,6 +216,8 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             writing.elapsed().as_secs_f64()
         ),
     );
+    // Start-up as an ordinary server has it: no certificate to create.
+    launch.tls = false;
     let server = ServerProcess::start_in(&launch, dir)?;
     let startup = server.started_in.as_secs_f64();
     let rss = rss_kib(server.pid())?;
@@ -234,8 +236,8 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         "paging start-up",
         rss as f64 / 1024.0
     ));
-    let addr = server.addr;
-    let pager = open_session(addr, Account::new(PAGER.into()))
+    let endpoint = Endpoint::plain(server.addr);
+    let pager = open_session(&endpoint, Account::new(PAGER.into()))
         .await?
         .account;
 
@@ -243,7 +245,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     for &clients in &o.page_clients {
         let clients = clients.max(1);
         let (conns, mut accounts) =
-            open_chains(addr, vec![account], clients, CONNECT_LIMIT).await?;
+            open_chains(&endpoint, vec![account], clients, CONNECT_LIMIT).await?;
         account = accounts
             .pop()
             .ok_or_else(|| BenchError::Protocol("the paging account was not given back".into()))?;

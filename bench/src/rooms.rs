@@ -157,7 +157,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         .collect();
     let started = Instant::now();
     let (conns, mut accounts) =
-        open_sessions(bench.addr, accounts, PARALLEL, CONNECT_LIMIT).await?;
+        open_sessions(&bench.endpoint, accounts, PARALLEL, CONNECT_LIMIT).await?;
     let registered = started.elapsed().as_secs_f64();
     let joining = Instant::now();
     let conns = join_rooms(conns, &room_names).await?;
@@ -230,7 +230,8 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             .copied()
             .collect();
         let subset: Vec<Account> = chosen.iter().map(|&i| accounts[i].clone()).collect();
-        let (conns, fresh) = open_sessions(bench.addr, subset, PARALLEL, CONNECT_LIMIT).await?;
+        let (conns, fresh) =
+            open_sessions(&bench.endpoint, subset, PARALLEL, CONNECT_LIMIT).await?;
         for (&i, account) in chosen.iter().zip(fresh) {
             accounts[i] = account;
         }

@@ -39,7 +39,8 @@ fn bench_runs_every_light_phase_and_prints_figures() {
         .args(["--room-rate", "50", "--room-repeats", "1"])
         .args(["--page-messages", "3000", "--page-rooms", "10"])
         .args(["--page-requests", "40", "--page-clients", "1,2"])
-        .args(["--phase", "fanout,latency,rooms,resume,paging,memory"])
+        .args(["--tls-rounds", "1"])
+        .args(["--phase", "fanout,latency,rooms,resume,paging,memory,tls"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,10 +93,15 @@ fn bench_runs_every_light_phase_and_prints_figures() {
         ("rooms: ", "server CPU per room delivery"),
         ("paging: ", "started in"),
         ("paging: ", "page latency p50"),
+        ("echochat-bench: ", "TLS at"),
+        ("tls: ", "over TLS"),
+        ("tls: ", "fanout deliveries/s"),
+        ("tls: ", "resumes/s"),
         ("summary", ""),
         ("  fanout deliveries/s", ""),
         ("  resumes/s", ""),
         ("  memory KiB/connection", ""),
+        ("  tls fanout deliveries/s", "plaintext"),
     ] {
         assert!(
             has_line(prefix, part),
