@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::conn::{open_sessions, timed_session, Account, Conn};
+use crate::conn::{open_sessions, timed_session, Account, Conn, Endpoint};
 use crate::error::{within, BenchError, Result};
 use crate::load::{measure, new_histogram, ChatLoad, SendMode};
 use crate::server::{CpuMark, ServerLaunch, ServerProcess};
@@ -146,7 +146,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             b.pid()
         ),
     );
-    let single = [bench.addr];
+    let single = [bench.endpoint.addr];
     let pair = [a.addr, b.addr];
 
     // Registration and resume.
@@ -256,7 +256,7 @@ async fn register(
             let account = Account::new(format!("{prefix}_{i}"));
             set.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                timed_session(addr, account).await
+                timed_session(&Endpoint::plain(addr), account).await
             });
         }
         let mut histogram = new_histogram();
@@ -292,7 +292,8 @@ async fn resume(
             let mut turn = k;
             while Instant::now() < deadline {
                 turn += 1;
-                let (took, fresh) = timed_session(nodes[turn % nodes.len()], account).await?;
+                let (took, fresh) =
+                    timed_session(&Endpoint::plain(nodes[turn % nodes.len()]), account).await?;
                 account = fresh;
                 histogram.saturating_record((took.as_micros() as u64).max(1));
             }
@@ -344,7 +345,13 @@ async fn load(
     for (n, addr) in nodes.iter().enumerate() {
         let mine: Vec<usize> = (0..clients).filter(|i| place(*i) == n).collect();
         let accounts = mine.iter().map(|i| names[*i].clone()).collect();
-        let (opened, _) = open_sessions(*addr, accounts, CONNECT_PARALLELISM, SETUP_LIMIT).await?;
+        let (opened, _) = open_sessions(
+            &Endpoint::plain(*addr),
+            accounts,
+            CONNECT_PARALLELISM,
+            SETUP_LIMIT,
+        )
+        .await?;
         for (i, conn) in mine.into_iter().zip(opened) {
             conns[i] = Some(conn);
         }

@@ -1,20 +1,33 @@
-//! One benchmark client connection and the accounts it logs in as.
+//! One benchmark client connection, where it connects to, and the accounts it logs in
+//! as.
 //!
-//! A [`Conn`] is a TCP stream plus a read buffer that [`FrameCodec`] cuts into frames in
+//! An [`Endpoint`] is the server's address, reached over plain TCP or over TLS (SPEC §9)
+//! pinned to the fingerprint the server printed. A [`Conn`] is a [`Stream`] plus a read buffer that [`FrameCodec`] cuts into frames in
 //! place (each frame is a slice of the buffer, never a copy). It knows just enough of
 //! the conversation to get a connection to the chatting state: welcome, then
 //! `register`, `login` or `resume`, then `auth_ok` and `history`. The chat traffic itself
 //! is handled by `load`, which takes the stream and buffer apart for speed.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use echochat::codec::{encode_frame, FrameCodec, CLIENT_MAX_FRAME};
 use echochat::protocol::{AuthErrorCode, ClientMessage, ServerMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::error::{within, BenchError, Result};
 
@@ -29,9 +42,179 @@ const HANDSHAKE_BUFFER: usize = 4 * 1024;
 /// Password of every benchmark account (valid under the 4..=1024 byte rule).
 pub const PASSWORD: &str = "bench-password";
 
+/// Where the server listens, and how to talk to it there.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `None` for plain TCP.
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tls {
+            None => write!(f, "{}", self.addr),
+            Some(_) => write!(f, "{} (TLS)", self.addr),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Plain TCP to `addr`.
+    pub fn plain(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, tls: None }
+    }
+
+    /// TLS to `addr`, trusting exactly the certificate whose fingerprint is
+    /// `fingerprint` (`sha256:<hex>`, as the server prints it). Like the terminal client,
+    /// every connection makes a full handshake: no TLS session is resumed.
+    pub fn tls(addr: SocketAddr, fingerprint: String) -> Result<Endpoint> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Pinned {
+            fingerprint,
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BenchError::Protocol(format!("TLS configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.resumption = Resumption::disabled();
+        Ok(Endpoint {
+            addr,
+            tls: Some(TlsConnector::from(Arc::new(config))),
+        })
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// Trusts the one certificate with the expected fingerprint (the server's, read from
+/// its stdout), and checks that the peer holds its key.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let seen = echochat::server::tls::fingerprint_of(end_entity);
+        if seen == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {seen} is not the server's {}",
+                self.fingerprint
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The reading half of a [`Stream`] borrowed by [`Stream::split`].
+pub type ReadHalf<'a> = Box<dyn AsyncRead + Send + Unpin + 'a>;
+/// The writing half of a [`Stream`] borrowed by [`Stream::split`].
+pub type WriteHalf<'a> = Box<dyn AsyncWrite + Send + Unpin + 'a>;
+
+impl Stream {
+    /// Halves that can be used at once (one reading while the other writes). Over TLS
+    /// a write must be followed by a flush: the record may still sit in the session.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            Stream::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Stream::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(&mut **tls);
+                (Box::new(reader), Box::new(writer))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection to the server with its undecoded input.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     pub codec: FrameCodec,
 }
@@ -76,14 +259,27 @@ pub struct Authenticated {
 }
 
 impl Conn {
-    /// Opens a connection with Nagle off (the benchmark measures latency).
-    pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(addr)
+    /// Opens a connection with Nagle off (the benchmark measures latency), and makes
+    /// the TLS handshake if the endpoint asks for it.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Conn> {
+        let addr = endpoint.addr;
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| BenchError::io(format!("connect to {addr}"), e))?;
-        stream
-            .set_nodelay(true)
+        tcp.set_nodelay(true)
             .map_err(|e| BenchError::io("set TCP_NODELAY", e))?;
+        let stream = match &endpoint.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let name = ServerName::try_from("localhost")
+                    .map_err(|e| BenchError::Protocol(format!("server name: {e}")))?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| BenchError::io(format!("TLS handshake with {addr}"), e))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(HANDSHAKE_BUFFER),
@@ -126,6 +322,10 @@ impl Conn {
             .map_err(|e| BenchError::Protocol(format!("cannot encode a request: {e}")))?;
         self.stream
             .write_all(&frame)
+            .await
+            .map_err(|e| BenchError::io("write", e))?;
+        self.stream
+            .flush()
             .await
             .map_err(|e| BenchError::io("write", e))
     }
@@ -170,8 +370,19 @@ impl Conn {
         }
     }
 
+    /// Reads and drops whatever the server sent before now (the histories of an
+    /// account's rooms come after the lobby's): sends `ping` and reads up to its `pong`.
+    pub async fn skip_pending(&mut self) -> Result<()> {
+        self.send(&ClientMessage::Ping).await?;
+        loop {
+            if let ServerMessage::Pong = self.next_message().await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Gives back the read buffer's memory once a connection will only sit idle.
-    pub fn into_idle(self) -> TcpStream {
+    pub fn into_idle(self) -> Stream {
         self.stream
     }
 }
@@ -199,8 +410,8 @@ fn unexpected(wanted: &str, got: &ServerMessage) -> BenchError {
 /// Connects and authenticates as `account`, the cheapest way that works: `resume` with
 /// its token, else `register` if it is new, else a password `login`. The account comes
 /// back with the fresh token.
-pub async fn open_session(addr: SocketAddr, mut account: Account) -> Result<Authenticated> {
-    let mut conn = Conn::connect(addr).await?;
+pub async fn open_session(endpoint: &Endpoint, mut account: Account) -> Result<Authenticated> {
+    let mut conn = Conn::connect(endpoint).await?;
     conn.expect_welcome().await?;
     if let Some(token) = account.token.take().filter(|_| account.resumes) {
         match conn.authenticate(&ClientMessage::Resume { token }).await? {
@@ -246,7 +457,7 @@ fn refused(account: &Account, how: &str, code: AuthErrorCode) -> BenchError {
 /// Opens one authenticated connection per account, at most `parallel` handshakes at a
 /// time, and returns them in account order with the accounts' fresh tokens.
 pub async fn open_sessions(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     accounts: Vec<Account>,
     parallel: usize,
     limit: Duration,
@@ -257,9 +468,10 @@ pub async fn open_sessions(
         let mut set = JoinSet::new();
         for (i, account) in accounts.into_iter().enumerate() {
             let semaphore = semaphore.clone();
+            let endpoint = endpoint.clone();
             set.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                (i, open_session(addr, account).await)
+                (i, open_session(&endpoint, account).await)
             });
         }
         let mut slots: Vec<Option<Authenticated>> = (0..count).map(|_| None).collect();
@@ -283,7 +495,7 @@ pub async fn open_sessions(
 /// must wait for its previous fresh token). Cheap for the server even at 600,000
 /// PBKDF2 rounds once the accounts exist.
 pub async fn open_chains(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     accounts: Vec<Account>,
     count: usize,
     limit: Duration,
@@ -293,10 +505,11 @@ pub async fn open_chains(
         let mut set = JoinSet::new();
         for (k, mut account) in accounts.into_iter().enumerate() {
             let share = count / chains + usize::from(k < count % chains);
+            let endpoint = endpoint.clone();
             set.spawn(async move {
                 let mut conns = Vec::with_capacity(share);
                 for _ in 0..share {
-                    let done = open_session(addr, account).await?;
+                    let done = open_session(&endpoint, account).await?;
                     account = done.account;
                     conns.push(done.conn);
                 }
@@ -317,8 +530,8 @@ pub async fn open_chains(
 }
 
 /// Times one handshake for the report: connect, welcome, authenticate, history.
-pub async fn timed_session(addr: SocketAddr, account: Account) -> Result<(Duration, Account)> {
+pub async fn timed_session(endpoint: &Endpoint, account: Account) -> Result<(Duration, Account)> {
     let started = Instant::now();
-    let done = open_session(addr, account).await?;
+    let done = open_session(endpoint, account).await?;
     Ok((started.elapsed(), done.account))
 }

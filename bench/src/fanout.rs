@@ -22,19 +22,30 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(300);
 /// Pause after a load stops, before anything else connects.
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// What a load measured after its warm-up.
+struct Measured {
+    counters: Counters,
+    elapsed: Duration,
+    histogram: hdrhistogram::Histogram<u64>,
+    cpu: CpuUsage,
+    /// The first `error` frame a client received.
+    first_error: Option<String>,
+}
+
 /// Connects `--clients` clients and runs the chat load in `mode` on them; returns
 /// what was measured after the warm-up.
-async fn run_load(
-    bench: &mut Bench,
-    phase: Phase,
-    mode: SendMode,
-) -> Result<(Counters, Duration, hdrhistogram::Histogram<u64>, CpuUsage)> {
+async fn run_load(bench: &mut Bench, phase: Phase, mode: SendMode) -> Result<Measured> {
     let clients = bench.opts.clients.max(1);
     let senders = bench.opts.senders.clamp(1, clients);
     let accounts = bench.take_accounts(clients);
     let connecting = std::time::Instant::now();
-    let (conns, accounts) =
-        open_sessions(bench.addr, accounts, CONNECT_PARALLELISM, CONNECT_LIMIT).await?;
+    let (conns, accounts) = open_sessions(
+        &bench.endpoint,
+        accounts,
+        CONNECT_PARALLELISM,
+        CONNECT_LIMIT,
+    )
+    .await?;
     bench.return_accounts(accounts);
     bench.say(
         phase,
@@ -48,12 +59,19 @@ async fn run_load(
     let cpu = CpuMark::now(bench.server_pid);
     let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
     let cpu = cpu.usage();
+    let first_error = load.first_error();
     load.stop().await;
     // Let the server deliver what it still holds of this load before the next phase
     // connects: the reference server subscribes a connection to its ring before it
     // greets it, so a leftover chat frame could come before the welcome.
     tokio::time::sleep(SETTLE).await;
-    Ok((counters, elapsed, histogram, cpu))
+    Ok(Measured {
+        counters,
+        elapsed,
+        histogram,
+        cpu,
+        first_error,
+    })
 }
 
 /// The text size actually sent (never shorter than the stamp).
@@ -61,14 +79,17 @@ fn text_size(bench: &Bench) -> usize {
     bench.opts.size.max(STAMP_LEN)
 }
 
-/// Losses worth a line: dropped messages and connections the server closed.
-fn trouble(bench: &Bench, phase: Phase, counters: &Counters) {
+/// Losses worth a line: dropped messages (with the first error frame, which says
+/// why) and connections the server closed.
+pub fn trouble(bench: &Bench, phase: Phase, counters: &Counters, first_error: Option<&str>) {
     if counters.errors > 0 || counters.lost > 0 {
         bench.say(
             phase,
             format!(
-                "WARNING: {} error frames (dropped messages), {} connections closed by the server",
-                counters.errors, counters.lost
+                "WARNING: {} error frames (dropped messages), {} connections closed by the server{}",
+                counters.errors,
+                counters.lost,
+                first_error.map_or(String::new(), |e| format!("; first error: {e}"))
             ),
         );
     }
@@ -90,16 +111,25 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
             o.duration
         ),
     );
-    let (counters, elapsed, histogram, cpu) =
-        run_load(bench, phase, SendMode::Window(o.window)).await?;
+    let Measured {
+        counters,
+        elapsed,
+        histogram,
+        cpu,
+        first_error,
+    } = run_load(bench, phase, SendMode::Window(o.window)).await?;
     let secs = elapsed.as_secs_f64();
     let deliveries = counters.deliveries as f64 / secs;
     let messages = counters.acked as f64 / secs;
+    let megabytes = counters.delivered_bytes as f64 / secs / 1e6;
     bench.say(
         phase,
         format!(
-            "{deliveries:.0} deliveries/s, {messages:.0} messages/s ({} deliveries, {} messages in {secs:.2} s)",
-            counters.deliveries, counters.acked
+            "{deliveries:.0} deliveries/s, {messages:.0} messages/s, {megabytes:.0} MB/s of MESSAGE \
+             frames ({:.0} bytes each; {} deliveries, {} messages in {secs:.2} s)",
+            counters.delivered_bytes as f64 / counters.deliveries.max(1) as f64,
+            counters.deliveries,
+            counters.acked
         ),
     );
     bench.say(
@@ -107,8 +137,9 @@ pub async fn run_fanout(bench: &mut Bench) -> Result<()> {
         format!("latency at peak: {}", percentiles(&histogram)),
     );
     bench.say(phase, cpu.to_string());
-    trouble(bench, phase, &counters);
+    trouble(bench, phase, &counters, first_error.as_deref());
     bench.figure("fanout deliveries/s", deliveries);
+    bench.figure("fanout MB/s delivered", megabytes);
     record_latency(bench, "fanout peak", &histogram);
     record_cpu(bench, "fanout", &cpu, &counters);
     bench.summarize(format!("{:<38} {deliveries:.0}", "fanout deliveries/s"));
@@ -178,7 +209,13 @@ async fn run_latency_at(bench: &mut Bench, rate: f64) -> Result<()> {
             o.duration
         ),
     );
-    let (counters, elapsed, histogram, cpu) = run_load(bench, phase, SendMode::Rate(rate)).await?;
+    let Measured {
+        counters,
+        elapsed,
+        histogram,
+        cpu,
+        first_error,
+    } = run_load(bench, phase, SendMode::Rate(rate)).await?;
     let secs = elapsed.as_secs_f64();
     bench.say(
         phase,
@@ -191,7 +228,7 @@ async fn run_latency_at(bench: &mut Bench, rate: f64) -> Result<()> {
     );
     bench.say(phase, percentiles(&histogram));
     bench.say(phase, cpu.to_string());
-    trouble(bench, phase, &counters);
+    trouble(bench, phase, &counters, first_error.as_deref());
     let what = format!("latency@{rate}");
     record_latency(bench, &what, &histogram);
     record_cpu(bench, &what, &cpu, &counters);

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::conn::{decode_frame, parse_server_message, Conn, READ_CHUNK};
+use crate::conn::{decode_frame, parse_server_message, Conn, WriteHalf, READ_CHUNK};
 
 /// Start of every MESSAGE payload the server builds (serde writes the tag first, then
 /// the fields in declaration order).
@@ -61,12 +61,15 @@ struct LoadShared {
     /// The run's clock: stamps are nanoseconds since this instant.
     clock: Instant,
     deliveries: AtomicU64,
+    delivered_bytes: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
     lost: AtomicU64,
     recording: AtomicBool,
     histogram: Mutex<Histogram<u64>>,
+    /// The first `error` frame received, as sent.
+    first_error: Mutex<Option<String>>,
 }
 
 /// A snapshot of the counters.
@@ -74,6 +77,8 @@ struct LoadShared {
 pub struct Counters {
     /// MESSAGE frames received by any connection.
     pub deliveries: u64,
+    /// Their bytes, length headers included (servers differ in what a MESSAGE holds).
+    pub delivered_bytes: u64,
     /// Messages the senders wrote.
     pub sent: u64,
     /// Senders' own messages that came back.
@@ -89,6 +94,7 @@ impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
             deliveries: self.deliveries - earlier.deliveries,
+            delivered_bytes: self.delivered_bytes - earlier.delivered_bytes,
             sent: self.sent - earlier.sent,
             acked: self.acked - earlier.acked,
             errors: self.errors - earlier.errors,
@@ -110,18 +116,21 @@ pub struct ChatLoad {
 }
 
 /// What one connection task does besides receiving.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Role {
     Receiver,
     Sender {
         index: u32,
         mode: SendMode,
         senders: usize,
+        /// The room it posts into (`lobby` when `None`).
+        room: Option<Arc<str>>,
     },
 }
 
 impl ChatLoad {
-    /// Starts one task per connection; the first `senders` connections send.
+    /// Starts one task per connection; the first `senders` connections send to the
+    /// lobby.
     pub fn start(
         conns: Vec<Conn>,
         senders: usize,
@@ -129,18 +138,34 @@ impl ChatLoad {
         text_size: usize,
         clock: Instant,
     ) -> ChatLoad {
+        let rooms = vec![None; senders.min(conns.len())];
+        ChatLoad::start_in_rooms(conns, rooms, mode, text_size, clock)
+    }
+
+    /// Starts one task per connection; the first connections send, one per entry of
+    /// `sender_rooms`, each into its room (`None`: the lobby).
+    pub fn start_in_rooms(
+        conns: Vec<Conn>,
+        sender_rooms: Vec<Option<String>>,
+        mode: SendMode,
+        text_size: usize,
+        clock: Instant,
+    ) -> ChatLoad {
         let shared = Arc::new(LoadShared {
             clock,
             deliveries: AtomicU64::new(0),
+            delivered_bytes: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             recording: AtomicBool::new(false),
             histogram: Mutex::new(new_histogram()),
+            first_error: Mutex::new(None),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let senders = senders.min(conns.len());
+        let senders = sender_rooms.len().min(conns.len());
+        let mut sender_rooms = sender_rooms.into_iter();
         let tasks = conns
             .into_iter()
             .enumerate()
@@ -150,6 +175,7 @@ impl ChatLoad {
                         index: i as u32,
                         mode,
                         senders,
+                        room: sender_rooms.next().flatten().map(Arc::from),
                     }
                 } else {
                     Role::Receiver
@@ -175,6 +201,7 @@ impl ChatLoad {
         let s = &self.shared;
         Counters {
             deliveries: s.deliveries.load(Ordering::Relaxed),
+            delivered_bytes: s.delivered_bytes.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
@@ -190,6 +217,14 @@ impl ChatLoad {
             }
         }
         self.shared.recording.store(on, Ordering::Release);
+    }
+
+    /// The first `error` frame any connection received, if one did.
+    pub fn first_error(&self) -> Option<String> {
+        match self.shared.first_error.lock() {
+            Ok(first) => first.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The latencies recorded so far.
@@ -315,13 +350,20 @@ fn message_text(sent_ns: u64, sender: u32, size: usize) -> String {
     text
 }
 
+/// What a sender's `say` frames carry besides their text.
+struct SayTemplate {
+    sender: u32,
+    size: usize,
+    room: Option<Arc<str>>,
+}
+
 /// Appends `count` `say` frames to `out`, stamped now.
-fn queue_says(out: &mut BytesMut, count: u64, sender: u32, size: usize, shared: &LoadShared) {
+fn queue_says(out: &mut BytesMut, count: u64, say: &SayTemplate, shared: &LoadShared) {
     for _ in 0..count {
         let sent_ns = shared.clock.elapsed().as_nanos() as u64;
         let say = ClientMessage::Say {
-            text: message_text(sent_ns, sender, size),
-            room: None,
+            text: message_text(sent_ns, say.sender, say.size),
+            room: say.room.as_deref().map(str::to_string),
             to: None,
         };
         // A `say` with an ASCII string always serialises.
@@ -339,6 +381,13 @@ async fn next_tick(ticker: &mut Option<Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Writes `out` and flushes it (over TLS the last record may otherwise wait in the
+/// session; over TCP the flush does nothing).
+async fn write_out(writer: &mut WriteHalf<'_>, out: &[u8]) -> std::io::Result<()> {
+    writer.write_all(out).await?;
+    writer.flush().await
 }
 
 /// The task of one connection: read everything, count, stamp, send as the role says.
@@ -359,6 +408,17 @@ async fn run_connection(
     let mut out = BytesMut::new();
     let mut latencies: Vec<u64> = Vec::new();
 
+    let template = SayTemplate {
+        sender: match &role {
+            Role::Sender { index, .. } => *index,
+            Role::Receiver => 0,
+        },
+        size: text_size,
+        room: match &role {
+            Role::Sender { room, .. } => room.clone(),
+            Role::Receiver => None,
+        },
+    };
     let (my_index, window, mut ticker, per_sender_rate) = match role {
         Role::Receiver => (None, 0, None, 0.0),
         Role::Sender {
@@ -370,6 +430,7 @@ async fn run_connection(
             index,
             mode: SendMode::Rate(rate),
             senders,
+            ..
         } => {
             let per_sender = (rate / senders as f64).max(0.001);
             // Tick at the message rate, but not faster than 1 kHz (the timer's grain);
@@ -387,14 +448,8 @@ async fn run_connection(
     let mut in_flight: usize = 0;
 
     if window > 0 {
-        queue_says(
-            &mut out,
-            window as u64,
-            my_index.unwrap_or(0),
-            text_size,
-            &shared,
-        );
-        if writer.write_all(&out).await.is_err() {
+        queue_says(&mut out, window as u64, &template, &shared);
+        if write_out(&mut writer, &out).await.is_err() {
             shared.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -418,6 +473,7 @@ async fn run_connection(
                 }
                 let now_ns = shared.clock.elapsed().as_nanos() as u64;
                 let (mut delivered, mut acked, mut errors) = (0u64, 0u64, 0u64);
+                let mut delivered_bytes = 0u64;
                 let mut closing = false;
                 loop {
                     let frame = match decode_frame(&mut codec, &mut buf) {
@@ -432,6 +488,7 @@ async fn run_connection(
                     match classify(&frame) {
                         Inbound::Message(stamp) => {
                             delivered += 1;
+                            delivered_bytes += frame.len() as u64 + 4;
                             if let Some(stamp) = stamp {
                                 latencies.push(now_ns.saturating_sub(stamp.sent_ns) / 1000);
                                 if Some(stamp.sender) == my_index {
@@ -439,7 +496,14 @@ async fn run_connection(
                                 }
                             }
                         }
-                        Inbound::Error => errors += 1,
+                        Inbound::Error => {
+                            errors += 1;
+                            if let Ok(mut first) = shared.first_error.lock() {
+                                first.get_or_insert_with(|| {
+                                    String::from_utf8_lossy(&frame[..frame.len().min(200)]).into_owned()
+                                });
+                            }
+                        }
                         Inbound::Closing => closing = true,
                         Inbound::Other => {}
                         Inbound::Malformed => {
@@ -449,6 +513,7 @@ async fn run_connection(
                     }
                 }
                 shared.deliveries.fetch_add(delivered, Ordering::Relaxed);
+                shared.delivered_bytes.fetch_add(delivered_bytes, Ordering::Relaxed);
                 if acked > 0 {
                     shared.acked.fetch_add(acked, Ordering::Relaxed);
                 }
@@ -474,8 +539,8 @@ async fn run_connection(
                     in_flight = in_flight.saturating_sub((acked + errors) as usize);
                     let top_up = (window - in_flight) as u64;
                     if top_up > 0 {
-                        queue_says(&mut out, top_up, my_index.unwrap_or(0), text_size, &shared);
-                        if writer.write_all(&out).await.is_err() {
+                        queue_says(&mut out, top_up, &template, &shared);
+                        if write_out(&mut writer, &out).await.is_err() {
                             shared.lost.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
@@ -493,8 +558,8 @@ async fn run_connection(
                 let due = (paced_since.elapsed().as_secs_f64() * per_sender_rate) as u64;
                 let count = due.saturating_sub(sent).min(MAX_CATCH_UP);
                 if count > 0 {
-                    queue_says(&mut out, count, my_index.unwrap_or(0), text_size, &shared);
-                    if writer.write_all(&out).await.is_err() {
+                    queue_says(&mut out, count, &template, &shared);
+                    if write_out(&mut writer, &out).await.is_err() {
                         shared.lost.fetch_add(1, Ordering::Relaxed);
                         return;
                     }

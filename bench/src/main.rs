@@ -8,9 +8,12 @@
 //! | --- | --- | --- |
 //! | `fanout` | [`fanout`] | deliveries/s and messages/s at the peak, with its latency |
 //! | `latency` | [`fanout`] | delivery latency at a fixed offered load (open loop) |
+//! | `rooms` | [`rooms`] | deliveries/s within rooms; CPU per room delivery with many or few non-members online |
 //! | `resume` | [`resume`] | connect + welcome + resume + history per second |
+//! | `paging` | [`paging`] | start-up and memory on a long history; latency of a page from its middle |
 //! | `memory` | [`memory`] | server RSS per idle authenticated connection |
 //! | `storm` | [`storm`] | chat latency while 100 slow password logins are hashed |
+//! | `tls` | [`tls`] | fan-out and resume rate over TLS beside plaintext, on the same server |
 //! | `cluster` | [`cluster`] | the same server in cluster mode (two nodes on one NATS) beside it: registration, resume, fan-out and cross-node latency (only when asked for: it needs `nats-server`) |
 //!
 //! ```text
@@ -27,7 +30,9 @@
 //! falls on both), and a table at the end gives each figure for both servers and the
 //! ratio echochat / reference per round: ratios measured side by side, not absolutes.
 //! The reference server has no `resume`, so its resume phase logs in with `login`
-//! (which it answers exactly like any authentication) and its history is empty.
+//! (which it answers exactly like any authentication) and its history is empty;
+//! `--reference-resumes` sends it `resume` instead, for a variant that answers it.
+//! The rooms, paging, memory, storm and tls phases run on echochat only.
 //!
 //! Each figure is printed as a plain `phase: ...` line when measured, and again in a
 //! summary at the end. The generator shares the machine with the server, so it runs on a
@@ -42,9 +47,12 @@ mod error;
 mod fanout;
 mod load;
 mod memory;
+mod paging;
 mod resume;
+mod rooms;
 mod server;
 mod storm;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -54,7 +62,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
-use crate::conn::Account;
+use crate::conn::{Account, Endpoint};
 use crate::error::{BenchError, Result};
 use crate::server::{ServerKind, ServerLaunch, ServerProcess};
 
@@ -67,9 +75,12 @@ const BENCH_PBKDF2_ROUNDS: u32 = 1000;
 pub enum Phase {
     Fanout,
     Latency,
+    Rooms,
     Resume,
+    Paging,
     Memory,
     Storm,
+    Tls,
     /// Only when asked for (`--phase cluster`): it needs `nats-server`.
     Cluster,
 }
@@ -80,9 +91,12 @@ impl Phase {
         vec![
             Phase::Fanout,
             Phase::Latency,
+            Phase::Rooms,
             Phase::Resume,
+            Phase::Paging,
             Phase::Memory,
             Phase::Storm,
+            Phase::Tls,
         ]
     }
 
@@ -91,9 +105,12 @@ impl Phase {
         match self {
             Phase::Fanout => "fanout",
             Phase::Latency => "latency",
+            Phase::Rooms => "rooms",
             Phase::Resume => "resume",
+            Phase::Paging => "paging",
             Phase::Memory => "memory",
             Phase::Storm => "storm",
+            Phase::Tls => "tls",
             Phase::Cluster => "cluster",
         }
     }
@@ -105,7 +122,8 @@ impl Phase {
     name = "echochat-bench",
     version,
     about = "Load generator for the echochat server: fan-out throughput, delivery latency, \
-             resume rate, memory per connection and latency under a login storm"
+             rooms, resume rate, paging through a long history, memory per connection, \
+             latency under a login storm, and what TLS costs"
 )]
 pub struct Options {
     /// Benchmark a running server at HOST:PORT (loopback only) instead of starting one.
@@ -121,6 +139,10 @@ pub struct Options {
     /// Measure a running reference server at HOST:PORT (loopback only) beside echochat.
     #[arg(long, value_name = "HOST:PORT")]
     pub compare: Option<String>,
+    /// The reference server answers `resume` (a variant made for a fair resume
+    /// comparison): its resume phase sends `resume` with the token of its last `auth_ok`.
+    #[arg(long)]
+    pub reference_resumes: bool,
     /// Process id of the `--compare` server, for its CPU use.
     #[arg(long, value_name = "PID")]
     pub compare_pid: Option<u32>,
@@ -158,6 +180,39 @@ pub struct Options {
     /// several rates (comma-separated) are measured one after the other.
     #[arg(long, value_delimiter = ',', default_values_t = [500.0, 2000.0], value_parser = positive_number)]
     pub rate: Vec<f64>,
+    /// Rooms phase: rooms the `--clients` clients are spread over, one room each.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Rooms phase: rooms that get the fixed load of `--room-rate`.
+    #[arg(long, default_value_t = 10)]
+    pub active_rooms: usize,
+    /// Rooms phase: messages per second offered in total into the active rooms.
+    #[arg(long, default_value_t = 2000.0, value_parser = positive_number)]
+    pub room_rate: f64,
+    /// Rooms phase: non-members online in the second fixed-load run (the first has
+    /// every client online).
+    #[arg(long, default_value_t = 10)]
+    pub others_online: usize,
+    /// Rooms phase: how many times each of the two fixed-load runs is measured
+    /// (alternating: many, few, few, many, ...).
+    #[arg(long, default_value_t = 2)]
+    pub room_repeats: usize,
+    /// Paging phase: messages in the generated history.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub page_messages: u64,
+    /// Paging phase: rooms the generated messages are spread over.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub page_rooms: u64,
+    /// Paging phase: page requests measured for each number of `--page-clients`.
+    #[arg(long, default_value_t = 20_000)]
+    pub page_requests: usize,
+    /// Paging phase: connections asking at once, one request at a time each; several
+    /// numbers (comma-separated) are measured one after the other.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    pub page_clients: Vec<usize>,
+    /// Paging phase: messages per page.
+    #[arg(long, default_value_t = 50)]
+    pub page_limit: u64,
     /// Resume phase: concurrent tasks, each reconnecting in a loop with its own account.
     #[arg(long, default_value_t = 50)]
     pub resume_tasks: usize,
@@ -179,6 +234,10 @@ pub struct Options {
     /// Storm phase: messages per second of that chat load.
     #[arg(long, default_value_t = 200.0, value_parser = positive_number)]
     pub storm_rate: f64,
+    /// TLS phase: rounds, each measuring fan-out and resumes over plaintext and over
+    /// TLS (alternating which goes first).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tls_rounds: u32,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -203,10 +262,14 @@ fn positive_number(text: &str) -> std::result::Result<f64, String> {
 pub struct Bench {
     /// Which server this is, in front of every line when two are compared ("" alone).
     pub label: &'static str,
-    /// Whether the server takes `resume` (the reference server does not).
+    /// Whether the server takes `resume` (the reference server does not, unless
+    /// `--reference-resumes`).
     pub resumes: bool,
     pub opts: Options,
-    pub addr: SocketAddr,
+    /// Where the phases connect (plain TCP, except inside the tls phase).
+    pub endpoint: Endpoint,
+    /// The same server's TLS listener, when the benchmark started it with one.
+    pub tls: Option<Endpoint>,
     /// Whose memory the memory phase reads, if known.
     pub server_pid: Option<u32>,
     /// How to start another server (the storm needs one with default rounds); `None`
@@ -371,6 +434,7 @@ fn open_target(
             },
             pbkdf2_rounds: Some(BENCH_PBKDF2_ROUNDS),
             extra_args: opts.server_arg.clone(),
+            tls: kind == ServerKind::Echochat && opts.phase.contains(&Phase::Tls),
         }),
         None => None,
     };
@@ -396,11 +460,19 @@ fn open_target(
         ),
         None => println!("echochat-bench: target {addr}"),
     }
+    let tls = match server.as_ref().and_then(|s| s.tls.clone()) {
+        Some((tls_addr, fingerprint)) => {
+            println!("echochat-bench: TLS at {tls_addr} too, certificate {fingerprint}");
+            Some(Endpoint::tls(tls_addr, fingerprint)?)
+        }
+        None => None,
+    };
     let bench = Bench {
         label,
-        resumes: kind == ServerKind::Echochat,
+        resumes: kind == ServerKind::Echochat || opts.reference_resumes,
         opts: opts.clone(),
-        addr,
+        endpoint: Endpoint::plain(addr),
+        tls,
         server_pid,
         // The storm phase starts a second echochat server: never a reference one.
         launch: launch.filter(|l| l.kind == ServerKind::Echochat),
@@ -419,9 +491,12 @@ async fn run_phase(bench: &mut Bench, phase: Phase) -> bool {
     let result = match phase {
         Phase::Fanout => fanout::run_fanout(bench).await,
         Phase::Latency => fanout::run_latency(bench).await,
+        Phase::Rooms => rooms::run(bench).await,
         Phase::Resume => resume::run(bench).await,
+        Phase::Paging => paging::run(bench).await,
         Phase::Memory => memory::run(bench).await,
         Phase::Storm => storm::run(bench).await,
+        Phase::Tls => tls::run(bench).await,
         Phase::Cluster => cluster::run(bench).await,
     };
     match result {

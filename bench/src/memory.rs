@@ -38,11 +38,11 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     // One connection per account first: registers new accounts, so the measured
     // connections below are all resumes.
     let chains = accounts.len();
-    let (first, accounts) = open_chains(bench.addr, accounts, chains, OPEN_LIMIT).await?;
+    let (first, accounts) = open_chains(&bench.endpoint, accounts, chains, OPEN_LIMIT).await?;
     drop(first);
     tokio::time::sleep(SETTLE).await;
     let before = rss_kib(pid)?;
-    let (conns, accounts) = open_chains(bench.addr, accounts, count, OPEN_LIMIT).await?;
+    let (conns, accounts) = open_chains(&bench.endpoint, accounts, count, OPEN_LIMIT).await?;
     // Keep only the sockets: the benchmark's own buffers are not what is measured.
     let idle: Vec<_> = conns.into_iter().map(|conn| conn.into_idle()).collect();
     tokio::time::sleep(SETTLE).await;

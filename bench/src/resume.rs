@@ -42,23 +42,24 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     let accounts = if accounts.iter().all(|a| a.token.is_some()) {
         accounts
     } else {
-        let (conns, accounts) = open_sessions(bench.addr, accounts, 64, SETUP_LIMIT).await?;
+        let (conns, accounts) = open_sessions(&bench.endpoint, accounts, 64, SETUP_LIMIT).await?;
         drop(conns);
         accounts
     };
 
-    let addr = bench.addr;
+    let endpoint = bench.endpoint.clone();
     let cpu = CpuMark::now(bench.server_pid);
     let started = Instant::now();
     let deadline = started + period;
     let mut set = JoinSet::new();
     for mut account in accounts {
+        let endpoint = endpoint.clone();
         set.spawn(async move {
             let mut histogram = new_histogram();
             let mut done = 0u64;
             let mut failure = None;
             while Instant::now() < deadline {
-                match timed_session(addr, account.clone()).await {
+                match timed_session(&endpoint, account.clone()).await {
                     Ok((took, fresh)) => {
                         account = fresh;
                         done += 1;

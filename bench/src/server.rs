@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{BenchError, Result};
 
 /// How long a server may take to print its `listening on` line.
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// How long a graceful `shutdown` may take before the server is killed.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -39,6 +39,9 @@ pub struct ServerLaunch {
     pub pbkdf2_rounds: Option<u32>,
     /// Extra arguments from `--server-arg`.
     pub extra_args: Vec<String>,
+    /// Also listen with TLS (`--tls-port 0`, a self-signed certificate created in the
+    /// state folder); echochat only.
+    pub tls: bool,
 }
 
 /// A server this process started; dropping it stops the server and removes its state.
@@ -47,20 +50,31 @@ pub struct ServerProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// From the spawn to the server's first stdout line (`listening on ...`): its
+    /// start-up, state loading included.
+    pub started_in: Duration,
+    /// The TLS listener and its certificate's fingerprint (`sha256:<hex>`), when the
+    /// launch asked for one.
+    pub tls: Option<(SocketAddr, String)>,
     state_dir: PathBuf,
 }
 
 impl ServerProcess {
-    /// Starts the server and waits for its first stdout line.
+    /// Starts the server on a fresh state folder and waits for its first stdout line.
     pub fn start(launch: &ServerLaunch, label: &str) -> Result<ServerProcess> {
-        if !launch.binary.is_file() {
-            return Err(BenchError::Server(format!(
-                "no server binary at {} (build it with `cargo build --release --workspace`, \
-                 or pass --server-bin or --target)",
-                launch.binary.display()
-            )));
-        }
+        check_binary(launch)?;
         let state_dir = fresh_state_dir(label)?;
+        ServerProcess::start_in(launch, state_dir)
+    }
+
+    /// Starts the server on `state_dir`, a folder the caller prepared (see
+    /// [`fresh_state_dir`]); it is removed when the server is dropped, or at once if the
+    /// server cannot be started.
+    pub fn start_in(launch: &ServerLaunch, state_dir: PathBuf) -> Result<ServerProcess> {
+        if let Err(e) = check_binary(launch) {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e);
+        }
         let mut command = Command::new(&launch.binary);
         if launch.kind == ServerKind::Reference {
             command.arg("0");
@@ -90,6 +104,9 @@ impl ServerProcess {
             if let Some(rounds) = launch.pbkdf2_rounds {
                 command.args(["--pbkdf2-rounds", &rounds.to_string()]);
             }
+            if launch.tls {
+                command.args(["--tls-port", "0"]);
+            }
             command.args(&launch.extra_args);
         }
         command
@@ -97,6 +114,7 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         die_with_parent(&mut command);
+        let spawned = Instant::now();
         let mut child = command.spawn().map_err(|e| {
             let _ = std::fs::remove_dir_all(&state_dir);
             BenchError::io(format!("start {}", launch.binary.display()), e)
@@ -108,12 +126,20 @@ impl ServerProcess {
             child,
             stdin,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            started_in: Duration::ZERO,
+            tls: None,
             state_dir,
         };
         let Some(stdout) = stdout else {
             return Err(BenchError::Server("no stdout pipe".into()));
         };
-        server.addr = read_listening_line(stdout, &mut server.child)?;
+        let tls = launch.tls && launch.kind == ServerKind::Echochat;
+        let lines = read_listening_lines(stdout, &mut server.child, 1 + usize::from(tls), spawned)?;
+        server.started_in = lines.first_after;
+        server.addr = parse_plain_line(&lines.lines[0])?;
+        if let Some(line) = lines.lines.get(1) {
+            server.tls = Some(parse_tls_line(line)?);
+        }
         Ok(server)
     }
 
@@ -154,45 +180,106 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Reads stdout until `listening on <addr>`, then keeps draining it on a thread so the
-/// server never blocks on a full pipe.
-fn read_listening_line(
+/// The first `count` stdout lines of a server, and how long after the spawn the first
+/// came.
+struct ListeningLines {
+    lines: Vec<String>,
+    first_after: Duration,
+}
+
+/// Reads the first `count` stdout lines (`listening on ...`), then keeps draining
+/// stdout on a thread so the server never blocks on a full pipe.
+fn read_listening_lines(
     stdout: impl Read + Send + 'static,
     child: &mut Child,
-) -> Result<SocketAddr> {
-    let (first_line, receive) = mpsc::channel::<Option<String>>();
+    count: usize,
+    spawned: Instant,
+) -> Result<ListeningLines> {
+    let (line_sent, receive) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(|line| line.ok());
-        let _ = first_line.send(first);
+        for _ in 0..count {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if line_sent.send(line).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        drop(line_sent);
         for _ in lines.by_ref() {}
     });
-    let line = match receive.recv_timeout(STARTUP_LIMIT) {
-        Ok(Some(line)) => line,
-        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let status = child
-                .wait()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
-            return Err(BenchError::Server(format!(
-                "exited before listening ({status})"
-            )));
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let mut lines = Vec::with_capacity(count);
+    let mut first_after = Duration::ZERO;
+    while lines.len() < count {
+        match receive.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if lines.is_empty() {
+                    first_after = spawned.elapsed();
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child
+                    .wait()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                return Err(BenchError::Server(format!(
+                    "exited before listening ({status})"
+                )));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(BenchError::Server(format!(
+                    "no `listening on` line within {} s",
+                    STARTUP_LIMIT.as_secs()
+                )))
+            }
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            return Err(BenchError::Server(format!(
-                "no `listening on` line within {} s",
-                STARTUP_LIMIT.as_secs()
-            )))
-        }
-    };
+    }
+    Ok(ListeningLines { lines, first_after })
+}
+
+/// The address of `listening on <ip>:<port>`.
+fn parse_plain_line(line: &str) -> Result<SocketAddr> {
     line.trim()
         .strip_prefix("listening on ")
         .and_then(|addr| addr.parse().ok())
         .ok_or_else(|| BenchError::Server(format!("unexpected first line: {line:?}")))
 }
 
+/// The address and fingerprint of `listening on <ip>:<port> tls sha256:<hex>`.
+fn parse_tls_line(line: &str) -> Result<(SocketAddr, String)> {
+    let unexpected = || BenchError::Server(format!("unexpected TLS line: {line:?}"));
+    let rest = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(unexpected)?;
+    let (addr, rest) = rest.split_once(" tls ").ok_or_else(unexpected)?;
+    let addr = addr.parse().map_err(|_| unexpected())?;
+    let hex = rest.strip_prefix("sha256:").ok_or_else(unexpected)?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(unexpected());
+    }
+    Ok((addr, rest.to_string()))
+}
+
+/// An error unless the launch's binary exists.
+fn check_binary(launch: &ServerLaunch) -> Result<()> {
+    if launch.binary.is_file() {
+        return Ok(());
+    }
+    Err(BenchError::Server(format!(
+        "no server binary at {} (build it with `cargo build --release --workspace`, \
+         or pass --server-bin or --target)",
+        launch.binary.display()
+    )))
+}
+
 /// A new empty folder under the system temp dir for one server's state.
-fn fresh_state_dir(label: &str) -> Result<PathBuf> {
+pub fn fresh_state_dir(label: &str) -> Result<PathBuf> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -415,5 +502,28 @@ impl std::fmt::Display for CpuUsage {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_plain_line, parse_tls_line};
+
+    #[test]
+    fn reads_the_listening_lines() {
+        let hex = "0123456789abcdef".repeat(4);
+        let (addr, fingerprint) =
+            parse_tls_line(&format!("listening on 127.0.0.1:4433 tls sha256:{hex}\n"))
+                .expect("a TLS line");
+        assert_eq!(addr.to_string(), "127.0.0.1:4433");
+        assert_eq!(fingerprint, format!("sha256:{hex}"));
+        assert!(parse_tls_line("listening on 127.0.0.1:4433 tls sha256:abc").is_err());
+        assert!(parse_tls_line("listening on 127.0.0.1:4433 http").is_err());
+        assert_eq!(
+            parse_plain_line("listening on 127.0.0.1:9000")
+                .expect("a plain line")
+                .port(),
+            9000
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use echochat::protocol::ClientMessage;
 use tokio::task::JoinSet;
 
-use crate::conn::{open_chains, open_sessions, Account, Conn, PASSWORD};
+use crate::conn::{open_chains, open_sessions, Account, Conn, Endpoint, PASSWORD};
 use crate::error::{within, BenchError, Result};
 use crate::load::{measure, new_histogram, ChatLoad, SendMode};
 use crate::server::{CpuMark, ServerProcess};
@@ -34,6 +34,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         Some(launch) => {
             let mut launch = launch.clone();
             launch.pbkdf2_rounds = None;
+            launch.tls = false;
             let server = ServerProcess::start(&launch, "storm")?;
             bench.say(
                 phase,
@@ -50,7 +51,9 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             None
         }
     };
-    let addr = server.as_ref().map_or(bench.addr, |s| s.addr);
+    let endpoint = server
+        .as_ref()
+        .map_or(bench.endpoint.clone(), |s| Endpoint::plain(s.addr));
     let logins = bench.opts.storm_logins.max(1);
     let clients = bench.opts.storm_clients.max(1);
     let senders = bench.opts.senders.clamp(1, clients);
@@ -66,7 +69,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     let mut all = storm_accounts;
     all.extend(chat_accounts);
     let total = all.len();
-    let (conns, mut all) = open_sessions(addr, all, total, REGISTER_LIMIT).await?;
+    let (conns, mut all) = open_sessions(&endpoint, all, total, REGISTER_LIMIT).await?;
     drop(conns);
     let took = registering.elapsed().as_secs_f64();
     bench.say(
@@ -79,7 +82,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     let chat_accounts = all.split_off(logins);
     let storm_accounts = all;
 
-    let (conns, _) = open_chains(addr, chat_accounts, clients, REGISTER_LIMIT).await?;
+    let (conns, _) = open_chains(&endpoint, chat_accounts, clients, REGISTER_LIMIT).await?;
     let load = ChatLoad::start(
         conns,
         senders,
@@ -102,7 +105,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
     let before = load.counters();
     let cpu = CpuMark::now(server.as_ref().map_or(bench.server_pid, |s| Some(s.pid())));
     let storm_started = Instant::now();
-    let storm = storm_logins(addr, storm_accounts).await;
+    let storm = storm_logins(&endpoint, storm_accounts).await;
     let storm_took = storm_started.elapsed();
     let cpu = cpu.report();
     let during_counters = load.counters().since(&before);
@@ -158,14 +161,15 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
 /// Logs every account in with its password at once; returns each login's time
 /// (connect to `history`).
 async fn storm_logins(
-    addr: std::net::SocketAddr,
+    endpoint: &Endpoint,
     accounts: Vec<Account>,
 ) -> Result<hdrhistogram::Histogram<u64>> {
     let mut set = JoinSet::new();
     for account in accounts {
+        let endpoint = endpoint.clone();
         set.spawn(async move {
             let started = Instant::now();
-            let mut conn = Conn::connect(addr).await?;
+            let mut conn = Conn::connect(&endpoint).await?;
             conn.expect_welcome().await?;
             let request = ClientMessage::Login {
                 name: account.name.clone(),

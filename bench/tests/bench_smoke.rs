@@ -28,7 +28,19 @@ fn bench_runs_every_light_phase_and_prints_figures() {
         .args(["--duration", "1", "--warmup", "0.3", "--rate", "50"])
         .args(["--resume-tasks", "4", "--resume-duration", "0.5"])
         .args(["--idle-conns", "20", "--idle-accounts", "4"])
-        .args(["--phase", "fanout,latency,resume,memory"])
+        .args([
+            "--rooms",
+            "2",
+            "--active-rooms",
+            "1",
+            "--others-online",
+            "1",
+        ])
+        .args(["--room-rate", "50", "--room-repeats", "1"])
+        .args(["--page-messages", "3000", "--page-rooms", "10"])
+        .args(["--page-requests", "40", "--page-clients", "1,2"])
+        .args(["--tls-rounds", "1"])
+        .args(["--phase", "fanout,latency,rooms,resume,paging,memory,tls"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,10 +89,19 @@ fn bench_runs_every_light_phase_and_prints_figures() {
         ("latency: ", "p99.9"),
         ("resume: ", "resumes/s"),
         ("memory: ", "KiB per connection"),
+        ("rooms: ", "deliveries/s"),
+        ("rooms: ", "server CPU per room delivery"),
+        ("paging: ", "started in"),
+        ("paging: ", "page latency p50"),
+        ("echochat-bench: ", "TLS at"),
+        ("tls: ", "over TLS"),
+        ("tls: ", "fanout deliveries/s"),
+        ("tls: ", "resumes/s"),
         ("summary", ""),
         ("  fanout deliveries/s", ""),
         ("  resumes/s", ""),
         ("  memory KiB/connection", ""),
+        ("  tls fanout deliveries/s", "plaintext"),
     ] {
         assert!(
             has_line(prefix, part),

@@ -260,24 +260,15 @@ impl Handler<ReadPage> for Persistence {
 
     fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> Self::Result {
         let request = msg.0;
-        let entries: Vec<Entry> = self
-            .index
-            .page(
-                &request.conversation,
-                request.before,
-                request.floor,
-                request.limit,
-            )
-            .to_vec();
-        let mut page = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let line = self
-                .history
-                .read_at(entry.offset, entry.len)
-                .map_err(|e| PersistError::new(self.history.path(), e))?;
-            page.push(Bytes::from(line));
-        }
-        Ok(page)
+        let entries = self.index.page(
+            &request.conversation,
+            request.before,
+            request.floor,
+            request.limit,
+        );
+        self.history
+            .read_lines(entries)
+            .map_err(|e| PersistError::new(self.history.path(), e))
     }
 }
 

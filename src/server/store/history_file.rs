@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::history_index::{Conversation, Entry, HistoryIndex};
+use super::history_index::{Conversation, ConversationCache, Entry, HistoryIndex};
 use crate::server::store::identity_file::LoadError;
 use crate::server::store::state_files;
 
@@ -33,9 +33,13 @@ pub const MAX_MESSAGE_ID: u64 = (1 << 53) - 1;
 /// character escaped is about 25 KB.
 pub const MAX_HISTORY_LINE_BYTES: usize = 256 * 1024;
 
-/// Ids reserved at a time. At thousands of messages a second a block lasts seconds,
-/// so the reservation's fsync is rare; a crash skips at most one block.
+/// Ids reserved at a time, at least. At thousands of messages a second a block lasts
+/// seconds, so the reservation's fsync is rare; a crash skips at most one block.
 pub const ID_BLOCK: u64 = 10_000;
+
+/// Ids reserved at a time, at most: blocks grow while messages come fast, so that half
+/// a block outlasts a slow `fsync` of `ids.json`.
+pub const MAX_ID_BLOCK: u64 = 1_000_000;
 
 /// What start-up recovers from `history.jsonl`.
 #[derive(Debug, Default)]
@@ -69,6 +73,14 @@ struct LineHead<'a> {
     #[serde(borrow)]
     #[allow(dead_code)]
     text: Cow<'a, str>,
+}
+
+/// The queue of `key` in `map`, made if missing (the key is copied only then).
+fn queue_of<'a, T>(map: &'a mut HashMap<String, VecDeque<T>>, key: &str) -> &'a mut VecDeque<T> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), VecDeque::new());
+    }
+    map.get_mut(key).expect("inserted above")
 }
 
 /// Keeps the last `keep` items.
@@ -106,6 +118,7 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
     let mut line = Vec::new();
     let mut good_len: u64 = 0;
     let mut line_no = 0usize;
+    let mut conversations = ConversationCache::default();
     loop {
         line.clear();
         let n = (&mut reader)
@@ -146,9 +159,9 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
         }
         loaded.last_id = head.id;
         let conversation =
-            Conversation::of_line(head.room.as_deref(), head.to.as_deref(), &head.from);
-        loaded.index.add(
-            conversation.clone(),
+            conversations.of_line(head.room.as_deref(), head.to.as_deref(), &head.from);
+        loaded.index.add_to(
+            &conversation,
             Entry {
                 id: head.id,
                 offset: good_len,
@@ -156,20 +169,14 @@ pub fn load_history(path: &Path, keep: usize) -> Result<LoadedHistory, LoadError
             },
         );
         let payload = Bytes::copy_from_slice(body);
-        match conversation {
-            Conversation::Room(room) => {
-                keep_last(loaded.rooms.entry(room).or_default(), payload, keep)
-            }
+        match &*conversation {
+            Conversation::Room(room) => keep_last(queue_of(&mut loaded.rooms, room), payload, keep),
             Conversation::Direct(a, b) => {
                 if a != b {
-                    let entry = loaded.direct.entry(b).or_default();
+                    let entry = queue_of(&mut loaded.direct, b);
                     keep_last(entry, (head.id, payload.clone()), keep);
                 }
-                keep_last(
-                    loaded.direct.entry(a).or_default(),
-                    (head.id, payload),
-                    keep,
-                );
+                keep_last(queue_of(&mut loaded.direct, a), (head.id, payload), keep);
             }
         }
         good_len += n as u64;
@@ -255,20 +262,41 @@ impl HistoryFile {
         offset
     }
 
-    /// The `len` bytes at `offset`: one line, from the file or from what is queued.
-    pub fn read_at(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; len as usize];
-        if offset >= self.len {
-            let start = (offset - self.len) as usize;
-            let queued = self
-                .pending
-                .get(start..start + len as usize)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "not in the file"))?;
-            bytes.copy_from_slice(queued);
-            return Ok(bytes);
+    /// The lines at `entries` (a page), each from the file or from what is queued,
+    /// read into one buffer and cut into lines. Whether the file is still the one at
+    /// the path is checked once for the page, not once per line: those two `statx`
+    /// calls per line cost more than the reads themselves.
+    pub fn read_lines(&mut self, entries: &[Entry]) -> io::Result<Vec<Bytes>> {
+        let total: usize = entries.iter().map(|e| e.len as usize).sum();
+        let mut buf = vec![0u8; total];
+        // Lines at or past the file's length are still queued.
+        let written = self.len;
+        if entries.iter().any(|e| e.offset < written) {
+            self.open()?;
         }
-        self.open()?.read_exact_at(&mut bytes, offset)?;
-        Ok(bytes)
+        let mut cuts = Vec::with_capacity(entries.len());
+        let mut at = 0;
+        for entry in entries {
+            let len = entry.len as usize;
+            let line = &mut buf[at..at + len];
+            if entry.offset >= written {
+                let start = (entry.offset - written) as usize;
+                let queued = self.pending.get(start..start + len).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "not in the file")
+                })?;
+                line.copy_from_slice(queued);
+            } else {
+                let file = self
+                    .file
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("history file not open"))?;
+                file.read_exact_at(line, entry.offset)?;
+            }
+            cuts.push(at..at + len);
+            at += len;
+        }
+        let buf = Bytes::from(buf);
+        Ok(cuts.into_iter().map(|cut| buf.slice(cut)).collect())
     }
 
     /// The open file, opened (for reading and appending) if it is not.
@@ -394,15 +422,11 @@ mod tests {
             .page(&Conversation::direct("bob", "ann"), None, 0, 10);
         assert_eq!(page.len(), 1);
         let mut file = HistoryFile::new(&path, loaded.len);
-        let line = file.read_at(page[0].offset, page[0].len).unwrap();
-        assert_eq!(line, lines[2].as_bytes());
-        // What is queued and not yet written reads too.
+        let read = file.read_lines(page).unwrap();
+        assert_eq!(read, [lines[2].as_bytes()]);
+        // What is queued and not yet written reads too, in the same page.
         let offset = file.append(lines[0].as_bytes());
         assert_eq!(offset, text.len() as u64);
-        assert_eq!(
-            file.read_at(offset, lines[0].len() as u32).unwrap(),
-            lines[0].as_bytes()
-        );
         loaded.index.add(
             Conversation::Room("lobby".into()),
             Entry {
@@ -411,6 +435,14 @@ mod tests {
                 len: lines[0].len() as u32,
             },
         );
+        let lobby = loaded
+            .index
+            .page(&Conversation::Room("lobby".into()), None, 0, 10);
+        let read = file.read_lines(lobby).unwrap();
+        assert_eq!(read, [lines[0], lines[3], lines[0]].map(str::as_bytes));
+        // And once written, from the file.
+        file.flush(false).unwrap();
+        assert_eq!(file.read_lines(lobby).unwrap(), read);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! reads: about the same cost with a thousand messages or ten million. It costs 24
 //! bytes per message in memory (24 MB for a million).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::names::name_key;
@@ -42,6 +43,62 @@ impl Conversation {
     }
 }
 
+/// Names as stored, by the conversation or key they stand for, so that reading a long
+/// history normalises each distinct name once rather than once per line (NFKC and case
+/// folding were a third of the start-up with a million lines).
+#[derive(Debug, Default)]
+pub struct ConversationCache {
+    rooms: HashMap<String, Conversation>,
+    names: HashMap<String, String>,
+}
+
+/// Distinct names a [`ConversationCache`] keeps; beyond it the others are normalised
+/// line by line (still right, only slower).
+const MAX_CACHED_NAMES: usize = 100_000;
+
+impl ConversationCache {
+    /// Where a stored message belongs, as [`Conversation::of_line`] says.
+    pub fn of_line(
+        &mut self,
+        room: Option<&str>,
+        to: Option<&str>,
+        from: &str,
+    ) -> Cow<'_, Conversation> {
+        match (to, room) {
+            (Some(to), _) => {
+                let (from, to) = (self.key(from), self.key(to));
+                Cow::Owned(Conversation::direct(&from, &to))
+            }
+            (None, room) => {
+                let room = room.unwrap_or(LOBBY);
+                if !self.rooms.contains_key(room) {
+                    let conversation = Conversation::Room(name_key(room));
+                    if self.rooms.len() >= MAX_CACHED_NAMES {
+                        return Cow::Owned(conversation);
+                    }
+                    self.rooms.insert(room.to_string(), conversation);
+                }
+                match self.rooms.get(room) {
+                    Some(conversation) => Cow::Borrowed(conversation),
+                    None => Cow::Owned(Conversation::Room(name_key(room))),
+                }
+            }
+        }
+    }
+
+    /// The name key of `name`.
+    fn key(&mut self, name: &str) -> String {
+        if let Some(key) = self.names.get(name) {
+            return key.clone();
+        }
+        let key = name_key(name);
+        if self.names.len() < MAX_CACHED_NAMES {
+            self.names.insert(name.to_string(), key.clone());
+        }
+        key
+    }
+}
+
 /// Where one message's line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -65,6 +122,17 @@ impl HistoryIndex {
             .entry(conversation)
             .or_default()
             .push(entry);
+    }
+
+    /// Records a message like [`add`](Self::add), copying the conversation only when it
+    /// is new to the index.
+    pub fn add_to(&mut self, conversation: &Conversation, entry: Entry) {
+        match self.conversations.get_mut(conversation) {
+            Some(entries) => entries.push(entry),
+            None => {
+                self.conversations.insert(conversation.clone(), vec![entry]);
+            }
+        }
     }
 
     /// The last `limit` messages of `conversation` with an id below `before` (no bound
@@ -155,6 +223,28 @@ mod tests {
             Conversation::of_line(None, Some("Bob"), "Ann"),
             Conversation::of_line(None, Some("ann"), "BOB")
         );
+    }
+
+    #[test]
+    fn the_cache_gives_the_conversations_of_lines() {
+        let mut cache = ConversationCache::default();
+        for (room, to, from) in [
+            (None, None, "ann"),
+            (Some("Ops"), None, "ann"),
+            (Some("ops"), None, "Bob"),
+            (Some("OPS"), None, "Bob"),
+            (None, Some("Bob"), "Ann"),
+            (None, Some("ann"), "BOB"),
+            (Some("Ｏｐｓ"), None, "x"),
+        ] {
+            for _ in 0..2 {
+                assert_eq!(
+                    *cache.of_line(room, to, from),
+                    Conversation::of_line(room, to, from),
+                    "{room:?} {to:?} {from}"
+                );
+            }
+        }
     }
 
     #[test]
