@@ -184,6 +184,8 @@ pub struct ChatServer {
     rooms: Rooms,
     connections: Connections<PeerHandle>,
     presence: Presence,
+    /// Whether the one timer for the presence's held departures is set.
+    held_departures_timer: bool,
     /// The recent messages of each room (`lobby` included), by room key.
     room_history: HashMap<String, History>,
     /// The recent direct messages of each account, by name key.
@@ -258,6 +260,7 @@ impl ChatServer {
             stop_accepting,
             address,
             started_at: Instant::now(),
+            held_departures_timer: false,
             lifecycle: Lifecycle::Serving,
             paused: false,
             store_health: StoreHealth::Recording,
@@ -431,6 +434,31 @@ impl Actor for ChatServer {
     }
 }
 
+impl ChatServer {
+    /// Sets the one timer for the earliest held departure, unless it is set: when it
+    /// fires, the departures due are announced as `left` and the timer is set for the
+    /// next. One timer, not one per departure: actix looks at every pending timer of the
+    /// actor each time the actor is woken, so thousands would slow every message.
+    fn watch_held_departures(&mut self, ctx: &mut Context<Self>) {
+        if self.held_departures_timer {
+            return;
+        }
+        let Some(due) = self.presence.next_due() else {
+            return;
+        };
+        self.held_departures_timer = true;
+        ctx.run_later(due.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.held_departures_timer = false;
+            for (key, name) in act.presence.due_departures(Instant::now()) {
+                if !act.online_elsewhere(&key) {
+                    act.broadcast_event(&ServerMessage::Left { name }, None);
+                }
+            }
+            act.watch_held_departures(ctx);
+        });
+    }
+}
+
 fn encode(message: &ServerMessage) -> Option<Bytes> {
     match encode_frame(message) {
         Ok(frame) => Some(frame),
@@ -528,15 +556,7 @@ impl Handler<Disconnect> for ChatServer {
                     self.broadcast_event(&ServerMessage::Left { name }, None)
                 }
                 Departure::Left(_) => {}
-                Departure::Held(held) => {
-                    ctx.run_later(LEFT_GRACE, move |act, _| {
-                        if let Some(name) = act.presence.departure_due(&held, Instant::now()) {
-                            if !act.online_elsewhere(&key) {
-                                act.broadcast_event(&ServerMessage::Left { name }, None);
-                            }
-                        }
-                    });
-                }
+                Departure::Held(_) => self.watch_held_departures(ctx),
             }
         }
         self.finish_shutdown_if_drained();

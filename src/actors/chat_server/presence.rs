@@ -6,8 +6,13 @@
 //! their last announced `left`, as a resume-and-quit loop or a bad network does) has
 //! that `left` held back for [`LEFT_GRACE`]: if they return meanwhile neither it nor the
 //! next `joined` is announced, so flapping costs everyone a few lines, not thousands.
+//!
+//! Held departures wait in one queue in the order they were held (the grace is the same
+//! for all, so that is the order they fall due): the actor keeps a single timer for the
+//! front of it, not one per departure. A timer per departure would cost every message
+//! the actor takes a look at each of them, and a resume-and-quit loop holds thousands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long a flapping user's departure waits before it is announced as `left`.
@@ -34,6 +39,8 @@ pub struct Presence {
     /// When each user's last `left` was announced (kept for [`FLAP_WINDOW`]).
     last_left: HashMap<String, Instant>,
     departures: u64,
+    /// Held departures and when each falls due, earliest first.
+    due: VecDeque<(Instant, HeldDeparture)>,
 }
 
 /// What a closed connection means for the others.
@@ -43,7 +50,7 @@ pub enum Departure {
     Stayed,
     /// Announce `left` for this name now.
     Left(String),
-    /// A flapping user: call [`Presence::departure_due`] after [`LEFT_GRACE`].
+    /// A flapping user: held for [`LEFT_GRACE`] (see [`Presence::due_departures`]).
     Held(HeldDeparture),
 }
 
@@ -96,15 +103,40 @@ impl Presence {
         self.departures += 1;
         self.leaving
             .insert(key.to_string(), (user.name, self.departures));
-        Departure::Held(HeldDeparture {
+        let held = HeldDeparture {
             key: key.to_string(),
             number: self.departures,
-        })
+        };
+        self.due.push_back((now + LEFT_GRACE, held.clone()));
+        Departure::Held(held)
+    }
+
+    /// When the earliest held departure falls due, if any is held.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|(at, _)| *at)
+    }
+
+    /// The held departures due at `now` whose users did not come back: (name key, name)
+    /// of each, to announce as `left`.
+    pub fn due_departures(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut announced = Vec::new();
+        while let Some((at, _)) = self.due.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, held)) = self.due.pop_front() else {
+                break;
+            };
+            if let Some(name) = self.departure_due(&held, now) {
+                announced.push((held.key, name));
+            }
+        }
+        announced
     }
 
     /// The grace of a held departure is over at `now`: the name to announce as `left`,
     /// unless the user came back meanwhile.
-    pub fn departure_due(&mut self, held: &HeldDeparture, now: Instant) -> Option<String> {
+    fn departure_due(&mut self, held: &HeldDeparture, now: Instant) -> Option<String> {
         match self.leaving.get(&held.key) {
             Some((_, number)) if *number == held.number => {
                 self.last_left.insert(held.key.clone(), now);
@@ -224,6 +256,33 @@ mod tests {
             presence.departure_due(&held, t0 + Duration::from_secs(3)),
             None
         );
+    }
+
+    #[test]
+    fn held_departures_fall_due_in_order_from_one_queue() {
+        let mut presence = Presence::default();
+        let t0 = Instant::now();
+        for (key, name) in [("ann", "Ann"), ("bob", "Bob")] {
+            presence.arrive(key, name);
+            presence.depart(key, t0);
+            presence.arrive(key, name);
+        }
+        assert_eq!(presence.next_due(), None, "nothing held yet");
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(matches!(presence.depart("ann", t1), Departure::Held(_)));
+        let t2 = t1 + Duration::from_millis(500);
+        assert!(matches!(presence.depart("bob", t2), Departure::Held(_)));
+        assert_eq!(presence.next_due(), Some(t1 + LEFT_GRACE));
+        assert!(presence.due_departures(t1 + LEFT_GRACE / 2).is_empty());
+        // Bob comes back before his grace is over: only Ann is announced.
+        assert!(!presence.arrive("bob", "Bob"));
+        assert_eq!(
+            presence.due_departures(t1 + LEFT_GRACE),
+            [("ann".to_string(), "Ann".to_string())]
+        );
+        assert_eq!(presence.next_due(), Some(t2 + LEFT_GRACE));
+        assert!(presence.due_departures(t2 + LEFT_GRACE).is_empty());
+        assert_eq!(presence.next_due(), None);
     }
 
     #[test]
