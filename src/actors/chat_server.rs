@@ -22,6 +22,7 @@ mod connections;
 mod events;
 mod history;
 mod presence;
+mod register;
 mod rooms;
 mod shutdown;
 
