@@ -155,8 +155,10 @@ pub enum Outbound {
     /// A complete frame for this connection only.
     Frame(Bytes),
     /// Start taking a ring's frames (sent right after the frames that snapshot what
-    /// came before, e.g. `auth_ok` and `history`).
-    Subscribe(Subscription),
+    /// came before, e.g. `auth_ok` and `history`). Boxed: every slot of the queue is
+    /// as large as its largest variant, and the queue's first block of slots is
+    /// allocated with it, for every connection, idle or not.
+    Subscribe(Box<Subscription>),
     /// Stop taking a ring's frames.
     Unsubscribe(RingId),
     /// Deliver what is queued, then close the connection.
@@ -182,7 +184,7 @@ impl Outbox {
 
     /// Starts delivery from a ring.
     pub fn subscribe(&self, subscription: Subscription) {
-        self.push(Outbound::Subscribe(subscription));
+        self.push(Outbound::Subscribe(Box::new(subscription)));
     }
 
     /// Stops delivery from a ring.

@@ -212,3 +212,14 @@ async fn aborting_ends_the_writer_at_once() {
         .unwrap();
     assert!(matches!(end, WriterEnd::Aborted), "{end:?}");
 }
+
+#[test]
+fn a_queue_slot_is_no_larger_than_a_frame_and_its_tag() {
+    // Every connection's direct queue allocates its first block of slots at once, so
+    // the slot's size is memory per idle connection: a frame (`Bytes`) and the tag.
+    assert!(
+        std::mem::size_of::<Outbound>() <= std::mem::size_of::<Bytes>() + 8,
+        "Outbound is {} bytes",
+        std::mem::size_of::<Outbound>()
+    );
+}

@@ -254,7 +254,7 @@ impl Writer {
     fn apply(&mut self, item: Outbound) {
         match item {
             Outbound::Frame(frame) => self.buf.extend_from_slice(&frame),
-            Outbound::Subscribe(subscription) => self.rings.push(subscription),
+            Outbound::Subscribe(subscription) => self.rings.push(*subscription),
             Outbound::Unsubscribe(ring) => self.rings.retain(|r| r.ring != ring),
             Outbound::Close => self.closing = true,
         }
