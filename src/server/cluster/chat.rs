@@ -101,7 +101,12 @@ impl Cluster {
             .publish(subject, payload)
             .await
             .map_err(refused)?;
-        Ok(async move { ack.await.map(|ack| ack.sequence).map_err(refused) })
+        let inner = Arc::clone(&self.inner);
+        Ok(async move {
+            let id = ack.await.map(|ack| ack.sequence).map_err(refused)?;
+            inner.expect_delivery(id);
+            Ok(id)
+        })
     }
 
     /// Up to `limit` messages of `of` with ids below `before` (the latest without it),

@@ -45,6 +45,48 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often dead nodes are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
+/// How long a message known to be stored may take to come through the message
+/// follower before the follower's consumer is made again. After a NATS server of a
+/// cluster is lost, a consumer can be left where it delivers nothing while its
+/// heartbeats still come, so the client never replaces it; what shows it is a message
+/// stored (acknowledged to this node, or counted in the stream's state) that does not
+/// arrive.
+const DELIVERY_STALL: Duration = Duration::from_secs(5);
+
+/// How often the message follower looks for a stall, and the stream's state is asked.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Whether a message known to be stored has waited more than [`DELIVERY_STALL`] to be
+/// delivered (`last` is the last id delivered). A stall found is noted as seen now, so
+/// that a consumer made again has its own time to deliver.
+fn delivery_stalled(inner: &Inner, last: u64) -> Option<u64> {
+    let mut expected = lock(&inner.expected);
+    let (id, since) = *expected;
+    let stalled = id > last && since.is_some_and(|at| at.elapsed() >= DELIVERY_STALL);
+    if stalled {
+        expected.1 = Some(Instant::now());
+    }
+    stalled.then_some(id)
+}
+
+/// Asks the message stream's state every [`STALL_CHECK`]: its last sequence is a
+/// message the follower should deliver (messages other nodes publish included).
+pub(super) async fn probe_messages(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(STALL_CHECK) => {}
+        }
+        if !inner.is_up() {
+            continue;
+        }
+        let asked = tokio::time::timeout(STALL_CHECK, inner.messages.get_info()).await;
+        if let Ok(Ok(info)) = asked {
+            inner.expect_delivery(info.state.last_sequence);
+        }
+    }
+}
+
 type Delivered = Result<async_nats::jetstream::Message, String>;
 
 /// An ordered consumer on `stream` delivering what comes after `after` (everything
@@ -117,10 +159,28 @@ pub(super) async fn messages(
                 return;
             }
         };
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
         loop {
             let item = tokio::select! {
                 _ = inner.stop.cancelled() => return,
                 item = stream.next() => item,
+                _ = stall_check.tick() => {
+                    let last = lock(&inner.index).last();
+                    // The start-up read is judged by its own progress, not this.
+                    let stalled = match indexed {
+                        Some(_) => None,
+                        None => delivery_stalled(&inner, last),
+                    };
+                    if let Some(id) = stalled {
+                        log::warn!(
+                            "message {id} was stored {} s ago and has not come back (last \
+                             delivered: {last}); reading the message stream again",
+                            DELIVERY_STALL.as_secs()
+                        );
+                        break;
+                    }
+                    continue;
+                }
             };
             let message = match item {
                 None => return,

@@ -200,6 +200,27 @@ struct Inner {
     beat_now: Notify,
     available: watch::Receiver<bool>,
     stop: CancellationToken,
+    /// The oldest message id known to be stored (acknowledged to this node, or seen
+    /// in the stream's state) and not yet delivered by the message follower, and
+    /// since when: it must come soon ([`follow::messages`]).
+    expected: Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl Inner {
+    /// Whether NATS is reachable now.
+    fn is_up(&self) -> bool {
+        *self.available.borrow()
+    }
+
+    /// The message `id` is stored in the stream: the message follower should deliver
+    /// it soon. Only the oldest such id is watched.
+    fn expect_delivery(&self, id: u64) {
+        let last = lock(&self.index).last();
+        let mut expected = lock(&self.expected);
+        if id > last && expected.0 <= last {
+            *expected = (id, Some(std::time::Instant::now()));
+        }
+    }
 }
 
 /// What [`Cluster::connect`] gives: the handle, the state found, and the events that
@@ -353,6 +374,7 @@ impl Cluster {
             beat_now: Notify::new(),
             available,
             stop: CancellationToken::new(),
+            expected: Mutex::new((0, None)),
         });
         let (events, receiver) = mpsc::channel(4096);
 
@@ -378,6 +400,7 @@ impl Cluster {
             events,
         ));
         tokio::spawn(follow::heartbeat(Arc::clone(&inner)));
+        tokio::spawn(follow::probe_messages(Arc::clone(&inner)));
         let lost = |what: &str| ConnectError::Unreachable {
             url: url.clone(),
             reason: format!("lost while reading {what}"),
