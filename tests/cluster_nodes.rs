@@ -384,3 +384,57 @@ fn behind_a_proxy_identification_by_ip_follows_the_client_to_any_node() {
     });
     assert_eq!(seen["id"], sent["id"]);
 }
+
+#[test]
+fn an_account_online_on_two_nodes_shares_its_message_rate_between_them() {
+    // --msg-rate 1: a burst of 2 per account. On two nodes, each takes its share (a
+    // message costs 2 there), so the two together still let 2 through at once, not 4.
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let start = || TestServer::start_with(&["--nats", url.as_str(), "--msg-rate", "1"]);
+    let (mut n1, mut n2) = (start(), start());
+    let (mut on_n1, _) = registered(&n1, "ann");
+    let mut on_n2 = eventually(ACROSS, "ann logs in on n2", || {
+        let mut client = n2.connect_greeted();
+        client.send(&json!({"type":"login","name":"ann","password":"password"}));
+        (client.recv()["type"] == "auth_ok").then_some(client)
+    });
+    // Each node knows that ann is on the other.
+    for (here, other) in [(&mut n1, "n2"), (&mut n2, "n1")] {
+        eventually(ACROSS, &format!("ann seen on {other}"), || {
+            let status = here.admin_output("status").join("\n");
+            status
+                .lines()
+                .any(|l| !l.contains("(this node)") && l.contains("1 user online"))
+                .then_some(())
+        });
+    }
+    for (client, prefix) in [(&mut on_n1, "n1"), (&mut on_n2, "n2")] {
+        for i in 0..3 {
+            client.send(&json!({"type":"say","text":format!("{prefix} burst {i}")}));
+        }
+    }
+    // Each connection's own answers: its echoes (both connections get every message
+    // of the account, told apart by the text) or its errors.
+    let mut sent = 0;
+    for (client, prefix) in [(&mut on_n1, "n1"), (&mut on_n2, "n2")] {
+        for _ in 0..3 {
+            let answer = client.recv_matching("the say's answer", |v| {
+                v["type"] == "error"
+                    || (v["type"] == "message"
+                        && v["text"].as_str().is_some_and(|t| t.starts_with(prefix)))
+            });
+            if answer["type"] == "message" {
+                sent += 1;
+            } else {
+                assert_eq!(answer["code"], "rate_limited", "{answer}");
+            }
+        }
+    }
+    // 2 at once, and a third if a token came back meanwhile (one a second per node's
+    // share); two nodes each allowing the whole burst would let 4 through.
+    assert!(
+        (1..=3).contains(&sent),
+        "{sent} of 6 went through on the two nodes together"
+    );
+}

@@ -52,12 +52,20 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_n(1, now)
+    }
+
+    /// Takes `n` tokens if there are that many (a share of the rate: `n` buckets
+    /// charging `n` each allow the rate once between them). Never more than a full
+    /// bucket, so a large `n` still lets one through when the bucket is full.
+    pub fn take_n(&mut self, n: u32, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
         }
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = f64::from(n.max(1)).min(self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -115,6 +123,11 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     /// See [`TokenBucket::take`].
     pub fn take(&mut self, key: &K, now: Instant) -> bool {
         self.rate == 0 || self.bucket(key).take(now)
+    }
+
+    /// See [`TokenBucket::take_n`].
+    pub fn take_n(&mut self, key: &K, n: u32, now: Instant) -> bool {
+        self.rate == 0 || self.bucket(key).take_n(n, now)
     }
 
     /// See [`TokenBucket::take_or_wait`].
@@ -362,6 +375,27 @@ impl Drop for ConnectionSlot {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shares_of_a_rate_allow_it_once_between_them() {
+        let now = Instant::now();
+        // Two holders of rate 1 (burst 2), each charging 2 a message: one at once each.
+        let mut shares = [TokenBucket::new(1, 2), TokenBucket::new(1, 2)];
+        let passed = (0..3)
+            .flat_map(|_| [0, 1])
+            .filter(|i| shares[*i].take_n(2, now))
+            .count();
+        assert_eq!(passed, 2);
+        // Two seconds later each has earned one more.
+        let later = now + Duration::from_secs(2);
+        assert!(shares[0].take_n(2, later));
+        assert!(!shares[0].take_n(2, later));
+        // A share larger than the burst still lets one through from a full bucket.
+        let mut small = TokenBucket::new(1, 2);
+        assert!(small.take_n(5, now));
+        assert!(!small.take_n(5, now));
+    }
+
     use super::*;
 
     #[test]

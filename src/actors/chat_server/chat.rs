@@ -77,7 +77,9 @@ impl Handler<PostMessage> for ChatServer {
             );
             return;
         }
-        if !self.limits.messages.take(&key, Instant::now()) {
+        // In a cluster each node where the account is online takes its share.
+        let share = u32::try_from(self.store.nodes_with(&key)).unwrap_or(u32::MAX);
+        if !self.limits.messages.take_n(&key, share, Instant::now()) {
             log_noise!(
                 ip,
                 Noise::Limit,

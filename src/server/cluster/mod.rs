@@ -555,6 +555,11 @@ impl Cluster {
         lock(&self.inner.presence).is_online(key)
     }
 
+    /// On how many nodes the user `key` is online (this one included); at least 1.
+    pub fn nodes_with(&self, key: &str) -> usize {
+        lock(&self.inner.presence).nodes_with(key)
+    }
+
     /// The nodes alive, this one first.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         lock(&self.inner.presence).nodes()

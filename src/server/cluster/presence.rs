@@ -254,6 +254,17 @@ impl PresenceBoard {
         all.into_iter().collect()
     }
 
+    /// On how many nodes `key` is online (this one included); at least 1.
+    pub fn nodes_with(&self, key: &str) -> usize {
+        let local = usize::from(self.local.contains_key(key));
+        let remote = self
+            .remote
+            .values()
+            .filter(|r| r.beat.users.contains_key(key))
+            .count();
+        (local + remote).max(1)
+    }
+
     /// Whether `key` is online anywhere.
     pub fn is_online(&self, key: &str) -> bool {
         self.total(key) > 0

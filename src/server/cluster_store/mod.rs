@@ -470,6 +470,10 @@ impl Store for ClusterStore {
         self.cluster.online_elsewhere()
     }
 
+    fn nodes_with(&self, key: &str) -> usize {
+        self.cluster.nodes_with(key)
+    }
+
     fn nodes(&self) -> Vec<NodeSummary> {
         self.cluster
             .nodes()

@@ -293,6 +293,13 @@ pub trait Store {
     /// Users online on other nodes: (name key, name).
     fn online_elsewhere(&self) -> Vec<(String, String)>;
 
+    /// On how many nodes the user `key` has connections, this one included (at least
+    /// 1): each takes that share of the account's `--msg-rate`, so that together they
+    /// allow the rate once.
+    fn nodes_with(&self, _key: &str) -> usize {
+        1
+    }
+
     /// The nodes alive, this one first (none for a single server).
     fn nodes(&self) -> Vec<NodeSummary>;
 
