@@ -27,20 +27,16 @@ use tokio::task::JoinSet;
 
 use crate::conn::{open_sessions, timed_session, Account, Conn, Endpoint};
 use crate::error::{within, BenchError, Result};
-use crate::load::{measure, new_histogram, ChatLoad, SendMode};
+use crate::load::{measure, new_histogram, ChatLoad, SendMode, CONNECT_PARALLELISM, SETTLE};
 use crate::server::{CpuMark, ServerLaunch, ServerProcess};
 use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 
 /// Registrations in flight at once.
 const REGISTER_PARALLELISM: usize = 16;
-/// Handshakes in flight while the load's clients connect.
-const CONNECT_PARALLELISM: usize = 64;
 /// Time allowed for any set-up step.
 const SETUP_LIMIT: Duration = Duration::from_secs(300);
 /// How long NATS may take to accept connections.
 const NATS_READY: Duration = Duration::from_secs(20);
-/// Pause after a load stops, before anything else connects.
-const SETTLE: Duration = Duration::from_millis(500);
 
 /// A `nats-server -js` this phase started; killed (and its store removed) on drop.
 struct Nats {

@@ -7,33 +7,15 @@
 //! fixed `--rate` on a timer whatever the server does (open loop), which is the delay a
 //! user feels in an ordinary busy room.
 
-use std::time::Duration;
-
 use crate::conn::open_sessions;
 use crate::error::Result;
-use crate::load::{measure, ChatLoad, Counters, SendMode, STAMP_LEN};
-use crate::server::{CpuMark, CpuUsage};
+use crate::load::{
+    measure_load, ChatLoad, Counters, Measured, SendMode, CONNECT_LIMIT, CONNECT_PARALLELISM,
+    STAMP_LEN,
+};
+use crate::server::CpuUsage;
 use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 
-/// Handshakes in flight while the clients connect.
-const CONNECT_PARALLELISM: usize = 64;
-/// Time allowed to connect and authenticate all clients.
-const CONNECT_LIMIT: Duration = Duration::from_secs(300);
-/// Pause after a load stops, before anything else connects.
-const SETTLE: Duration = Duration::from_millis(500);
-
-/// What a load measured after its warm-up.
-struct Measured {
-    counters: Counters,
-    elapsed: Duration,
-    histogram: hdrhistogram::Histogram<u64>,
-    cpu: CpuUsage,
-    /// The first `error` frame a client received.
-    first_error: Option<String>,
-}
-
-/// Connects `--clients` clients and runs the chat load in `mode` on them; returns
-/// what was measured after the warm-up.
 async fn run_load(bench: &mut Bench, phase: Phase, mode: SendMode) -> Result<Measured> {
     let clients = bench.opts.clients.max(1);
     let senders = bench.opts.senders.clamp(1, clients);
@@ -55,23 +37,13 @@ async fn run_load(bench: &mut Bench, phase: Phase, mode: SendMode) -> Result<Mea
         ),
     );
     let load = ChatLoad::start(conns, senders, mode, bench.opts.size, bench.clock);
-    tokio::time::sleep(seconds(bench.opts.warmup)).await;
-    let cpu = CpuMark::now(bench.server_pid);
-    let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
-    let cpu = cpu.usage();
-    let first_error = load.first_error();
-    load.stop().await;
-    // Let the server deliver what it still holds of this load before the next phase
-    // connects: the reference server subscribes a connection to its ring before it
-    // greets it, so a leftover chat frame could come before the welcome.
-    tokio::time::sleep(SETTLE).await;
-    Ok(Measured {
-        counters,
-        elapsed,
-        histogram,
-        cpu,
-        first_error,
-    })
+    Ok(measure_load(
+        load,
+        seconds(bench.opts.warmup),
+        seconds(bench.opts.duration),
+        bench.server_pid,
+    )
+    .await)
 }
 
 /// The text size actually sent (never shorter than the stamp).

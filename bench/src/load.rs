@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::conn::{decode_frame, parse_server_message, Conn, WriteHalf, READ_CHUNK};
+use crate::server::{CpuMark, CpuUsage};
 
 /// Start of every MESSAGE payload the server builds (serde writes the tag first, then
 /// the fields in declaration order).
@@ -254,6 +255,67 @@ impl Drop for ChatLoad {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Handshakes (and joins) in flight while a load's clients connect.
+pub const CONNECT_PARALLELISM: usize = 64;
+/// Time allowed to connect and authenticate (or join) all of a load's clients.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(300);
+/// Pause after a load stops, before anything else connects: the server delivers what
+/// it still holds of the load (the reference server subscribes a connection to its ring
+/// before it greets it, so a leftover chat frame could come before the welcome).
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// What a load measured after its warm-up.
+pub struct Measured {
+    pub counters: Counters,
+    pub elapsed: Duration,
+    pub histogram: Histogram<u64>,
+    pub cpu: CpuUsage,
+    /// The first `error` frame a client received.
+    pub first_error: Option<String>,
+}
+
+impl Measured {
+    pub fn deliveries_per_second(&self) -> f64 {
+        self.counters.deliveries as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU nanoseconds per delivery, and the same less what the connections
+    /// cost at rest (`idle`, in cores).
+    pub fn ns_per_delivery(&self, idle: Option<f64>) -> Option<(f64, Option<f64>)> {
+        let server = self.cpu.server?;
+        if self.counters.deliveries == 0 {
+            return None;
+        }
+        let per = |cpu: f64| cpu * 1e9 / self.counters.deliveries as f64;
+        let net = idle.map(|cores| per((server - cores * self.cpu.wall).max(0.0)));
+        Some((per(server), net))
+    }
+}
+
+/// Lets `load` warm up for `warmup`, measures it for `duration` with the CPU of the
+/// server `server_pid`, stops it and lets the server settle.
+pub async fn measure_load(
+    load: ChatLoad,
+    warmup: Duration,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Measured {
+    tokio::time::sleep(warmup).await;
+    let cpu = CpuMark::now(server_pid);
+    let (counters, elapsed, histogram) = measure(&load, duration).await;
+    let cpu = cpu.usage();
+    let first_error = load.first_error();
+    load.stop().await;
+    tokio::time::sleep(SETTLE).await;
+    Measured {
+        counters,
+        elapsed,
+        histogram,
+        cpu,
+        first_error,
     }
 }
 

@@ -23,52 +23,19 @@ use tokio::task::JoinSet;
 use crate::conn::{open_sessions, Account, Conn};
 use crate::error::{within, BenchError, Result};
 use crate::fanout::trouble;
-use crate::load::{measure, ChatLoad, Counters, SendMode};
-use crate::server::{CpuMark, CpuUsage};
+use crate::load::{measure_load, ChatLoad, Measured, SendMode, CONNECT_LIMIT, CONNECT_PARALLELISM};
+use crate::server::CpuMark;
 use crate::{percentiles, percentiles_short, seconds, Bench, Phase};
 
-/// Handshakes (and joins) in flight while the clients connect.
-const PARALLEL: usize = 64;
-/// Time allowed to connect and authenticate (or join) all clients.
-const CONNECT_LIMIT: Duration = Duration::from_secs(300);
 /// How long the server's CPU is watched with the clients connected and silent (at
 /// most `--duration`).
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
-/// Pause after a load stops, before anything else connects.
-const SETTLE: Duration = Duration::from_millis(500);
-
-/// What one measured load gave.
-struct Measured {
-    counters: Counters,
-    elapsed: Duration,
-    histogram: hdrhistogram::Histogram<u64>,
-    cpu: CpuUsage,
-    first_error: Option<String>,
-}
-
-impl Measured {
-    fn deliveries_per_second(&self) -> f64 {
-        self.counters.deliveries as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Server CPU nanoseconds per delivery, and the same less what the connections
-    /// cost at rest (`idle`, in cores).
-    fn ns_per_delivery(&self, idle: Option<f64>) -> Option<(f64, Option<f64>)> {
-        let server = self.cpu.server?;
-        if self.counters.deliveries == 0 {
-            return None;
-        }
-        let per = |cpu: f64| cpu * 1e9 / self.counters.deliveries as f64;
-        let net = idle.map(|cores| per((server - cores * self.cpu.wall).max(0.0)));
-        Some((per(server), net))
-    }
-}
 
 /// Joins each connection `i` to `rooms[i % rooms.len()]`, waiting for the room's
 /// history (the join is then on disk and the ring taken).
 async fn join_rooms(conns: Vec<Conn>, rooms: &[String]) -> Result<Vec<Conn>> {
     let count = conns.len();
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECT_PARALLELISM));
     let mut set = JoinSet::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
         let room = rooms[i % rooms.len()].clone();
@@ -113,20 +80,13 @@ async fn run_load(
     mode: SendMode,
 ) -> Measured {
     let load = ChatLoad::start_in_rooms(conns, sender_rooms, mode, bench.opts.size, bench.clock);
-    tokio::time::sleep(seconds(bench.opts.warmup)).await;
-    let cpu = CpuMark::now(bench.server_pid);
-    let (counters, elapsed, histogram) = measure(&load, seconds(bench.opts.duration)).await;
-    let cpu = cpu.usage();
-    let first_error = load.first_error();
-    load.stop().await;
-    tokio::time::sleep(SETTLE).await;
-    Measured {
-        counters,
-        elapsed,
-        histogram,
-        cpu,
-        first_error,
-    }
+    measure_load(
+        load,
+        seconds(bench.opts.warmup),
+        seconds(bench.opts.duration),
+        bench.server_pid,
+    )
+    .await
 }
 
 /// Phase: fan-out in rooms, and the cost of a room message per online non-member.
@@ -156,8 +116,13 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
         .map(|i| Account::new(format!("bench_{}_r{i}", bench.run_id)))
         .collect();
     let started = Instant::now();
-    let (conns, mut accounts) =
-        open_sessions(&bench.endpoint, accounts, PARALLEL, CONNECT_LIMIT).await?;
+    let (conns, mut accounts) = open_sessions(
+        &bench.endpoint,
+        accounts,
+        CONNECT_PARALLELISM,
+        CONNECT_LIMIT,
+    )
+    .await?;
     let registered = started.elapsed().as_secs_f64();
     let joining = Instant::now();
     let conns = join_rooms(conns, &room_names).await?;
@@ -231,7 +196,7 @@ pub async fn run(bench: &mut Bench) -> Result<()> {
             .collect();
         let subset: Vec<Account> = chosen.iter().map(|&i| accounts[i].clone()).collect();
         let (conns, fresh) =
-            open_sessions(&bench.endpoint, subset, PARALLEL, CONNECT_LIMIT).await?;
+            open_sessions(&bench.endpoint, subset, CONNECT_PARALLELISM, CONNECT_LIMIT).await?;
         for (&i, account) in chosen.iter().zip(fresh) {
             accounts[i] = account;
         }
