@@ -47,6 +47,20 @@ enum Checked {
 }
 
 impl ChatServer {
+    /// What a request that checks the account's password starts from: the account key,
+    /// address and stored hash of the connection; `None` once the request has been
+    /// answered (the store unreachable, or over a guess limit) or there is no account.
+    fn account_to_check(&mut self, id: SessionId) -> Option<(String, IpAddr, String)> {
+        if self.refuse_if_unavailable(id) {
+            return None;
+        }
+        let (key, ip, stored) = self.own_account(id)?;
+        if self.guesses_exceeded(id, ip, &key) {
+            return None;
+        }
+        Some((key, ip, stored))
+    }
+
     /// The account key, address and stored hash of an authenticated connection.
     fn own_account(&self, id: SessionId) -> Option<(String, IpAddr, String)> {
         let peer = self.connections.get(id)?;
@@ -129,15 +143,9 @@ impl Handler<ChangePassword> for ChatServer {
 
     fn handle(&mut self, msg: ChangePassword, _: &mut Self::Context) -> Self::Result {
         let id = msg.id;
-        if self.refuse_if_unavailable(id) {
-            return Box::pin(fut::ready(()));
-        }
-        let Some((key, ip, stored)) = self.own_account(id) else {
+        let Some((key, ip, stored)) = self.account_to_check(id) else {
             return Box::pin(fut::ready(()));
         };
-        if self.guesses_exceeded(id, ip, &key) {
-            return Box::pin(fut::ready(()));
-        }
         let checked = self.check_password(ip, key.clone(), msg.old, stored.clone(), Some(msg.new));
         Box::pin(checked.then(move |checked, act: &mut Self, _| {
             let hash = match checked {
@@ -223,15 +231,9 @@ impl Handler<DeleteAccount> for ChatServer {
 
     fn handle(&mut self, msg: DeleteAccount, _: &mut Self::Context) -> Self::Result {
         let id = msg.id;
-        if self.refuse_if_unavailable(id) {
-            return Box::pin(fut::ready(()));
-        }
-        let Some((key, ip, stored)) = self.own_account(id) else {
+        let Some((key, ip, stored)) = self.account_to_check(id) else {
             return Box::pin(fut::ready(()));
         };
-        if self.guesses_exceeded(id, ip, &key) {
-            return Box::pin(fut::ready(()));
-        }
         let checked = self.check_password(ip, key.clone(), msg.password, stored, None);
         Box::pin(checked.then(move |checked, act: &mut Self, _| {
             match checked {
