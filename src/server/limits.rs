@@ -302,6 +302,16 @@ pub enum NoSlot {
     AddressFull,
 }
 
+impl std::fmt::Display for NoSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            // The descriptors left are for the users already in.
+            NoSlot::Full => "no room for more connections (--max-conns or descriptors)",
+            NoSlot::AddressFull => "--max-conns-per-ip reached",
+        })
+    }
+}
+
 impl ConnectionSlots {
     /// Room for `capacity` connections, `per_ip_capacity` from one address (0: no
     /// limit).

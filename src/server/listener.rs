@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::chat_server::ChatServer;
 use crate::actors::session::{Session, SessionSettings};
 use crate::log_noise;
-use crate::server::limits::{ConnectionSlot, ConnectionSlots, NoSlot};
+use crate::server::limits::{ConnectionSlot, ConnectionSlots};
 use crate::server::logging::Noise;
 use crate::server::outbound::{runtime, SessionId};
 use crate::server::tls::HANDSHAKE_TIMEOUT;
@@ -195,16 +195,11 @@ pub async fn accept_loop(
         let slot = match sessions.slots.take(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                let reason = match refusal {
-                    // The descriptors left are for the users already in.
-                    NoSlot::Full => "no room for more connections (--max-conns or descriptors)",
-                    NoSlot::AddressFull => "--max-conns-per-ip reached",
-                };
                 log_noise!(
                     peer.ip(),
                     Noise::Limit,
                     log::Level::Warn,
-                    "connection from {peer} refused: {reason}"
+                    "connection from {peer} refused: {refusal}"
                 );
                 drop(stream);
                 continue;

@@ -39,7 +39,6 @@ use super::origin::{check_origin, OriginVerdict};
 use super::ws_frames::{FrameSizeGuard, WsFrameWriter, WsPayloads};
 use super::Gateway;
 use crate::log_noise;
-use crate::server::limits::NoSlot;
 use crate::server::logging::Noise;
 use crate::server::transport::{Inbound, Opened, Transport};
 use crate::text;
@@ -282,15 +281,11 @@ pub async fn upgrade(
     let slot = match gateway.sessions.slots.take(ip) {
         Ok(slot) => slot,
         Err(refusal) => {
-            let reason = match refusal {
-                NoSlot::Full => "no room for more connections (--max-conns or descriptors)",
-                NoSlot::AddressFull => "--max-conns-per-ip reached",
-            };
             log_noise!(
                 ip,
                 Noise::Limit,
                 log::Level::Warn,
-                "WebSocket from {client} refused: {reason}"
+                "WebSocket from {client} refused: {refusal}"
             );
             return HttpResponse::ServiceUnavailable()
                 .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
