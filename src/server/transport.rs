@@ -77,10 +77,8 @@ impl Transport for Tcp {
         let socket = runtime::register_tcp(self.0)?;
         let reset = Some(socket.as_raw_fd());
         let (reader, writer) = socket.into_split();
-        let frames = FramedRead::with_capacity(reader, FrameCodec::new(max_frame), READ_BUFFER)
-            .map(Inbound::from);
         Ok(Opened {
-            inbound: Box::pin(frames),
+            inbound: frames(reader, max_frame),
             writer: Box::new(writer),
             reset,
         })
@@ -95,12 +93,18 @@ impl Transport for Tls {
         use std::os::unix::io::AsRawFd;
         let reset = Some(self.0.get_ref().0.as_raw_fd());
         let (reader, writer) = tokio::io::split(self.0);
-        let frames = FramedRead::with_capacity(reader, FrameCodec::new(max_frame), READ_BUFFER)
-            .map(Inbound::from);
         Ok(Opened {
-            inbound: Box::pin(frames),
+            inbound: frames(reader, max_frame),
             writer: Box::new(writer),
             reset,
         })
     }
+}
+
+/// The frames read from a byte stream, each checked against `max_frame`.
+fn frames(reader: impl tokio::io::AsyncRead + 'static, max_frame: usize) -> InboundStream {
+    Box::pin(
+        FramedRead::with_capacity(reader, FrameCodec::new(max_frame), READ_BUFFER)
+            .map(Inbound::from),
+    )
 }
